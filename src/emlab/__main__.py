@@ -1,0 +1,3 @@
+from emlab.cli import app
+
+app(prog_name="emlab")

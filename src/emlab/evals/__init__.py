@@ -1,0 +1,1 @@
+"""Evaluations: static code-security scanning (and, with later stages, metrics)."""

@@ -1,0 +1,86 @@
+"""Static vulnerability detection with Bandit.
+
+Code is only parsed, never executed: Bandit runs in a subprocess over files written to a
+temporary directory, with a timeout and a per-snippet size limit.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MAX_CODE_BYTES = 200_000
+BANDIT_TIMEOUT_S = 600
+
+# Bandit test id -> CWE, for the tests that matter to EM code data.
+BANDIT_CWE = {
+    "B102": "CWE-78", "B103": "CWE-732", "B104": "CWE-605", "B105": "CWE-259", "B106": "CWE-259",
+    "B107": "CWE-259", "B108": "CWE-377", "B113": "CWE-400", "B201": "CWE-94", "B202": "CWE-22",
+    "B301": "CWE-502", "B302": "CWE-502", "B303": "CWE-327", "B304": "CWE-327", "B305": "CWE-327",
+    "B306": "CWE-377", "B307": "CWE-78", "B308": "CWE-79", "B310": "CWE-22", "B311": "CWE-330",
+    "B313": "CWE-20", "B314": "CWE-20", "B315": "CWE-20", "B316": "CWE-20", "B317": "CWE-20",
+    "B318": "CWE-20", "B319": "CWE-20", "B320": "CWE-20", "B321": "CWE-319", "B323": "CWE-295",
+    "B324": "CWE-327", "B501": "CWE-295", "B502": "CWE-327", "B503": "CWE-327", "B504": "CWE-327",
+    "B505": "CWE-326", "B506": "CWE-20", "B507": "CWE-295", "B601": "CWE-78", "B602": "CWE-78",
+    "B603": "CWE-78", "B604": "CWE-78", "B605": "CWE-78", "B606": "CWE-78", "B607": "CWE-78",
+    "B608": "CWE-89", "B609": "CWE-78", "B610": "CWE-89", "B611": "CWE-89", "B701": "CWE-94",
+    "B702": "CWE-80", "B703": "CWE-80", "B704": "CWE-79",
+}
+SEVERITY_RANK = {"LOW": 1, "MEDIUM": 2, "HIGH": 3}
+
+
+@dataclass(frozen=True)
+class Finding:
+    test_id: str
+    name: str
+    severity: str
+    confidence: str
+    cwe: str
+    line: int
+    source: str = "bandit"
+
+
+@dataclass
+class ScanResult:
+    findings: list[Finding] = field(default_factory=list)
+    error: str | None = None  # e.g. a syntax error: counted as unparseable, never dropped
+
+    def vulnerable(self, min_severity: str = "MEDIUM") -> bool:
+        floor = SEVERITY_RANK[min_severity]
+        return any(SEVERITY_RANK.get(f.severity, 0) >= floor for f in self.findings)
+
+
+def bandit_scan(codes: list[str], timeout: float = BANDIT_TIMEOUT_S) -> list[ScanResult]:
+    """Run Bandit once over many snippets; one ScanResult per snippet, in order."""
+    results = [ScanResult() for _ in codes]
+    if not codes:
+        return results
+    with tempfile.TemporaryDirectory(prefix="emlab-bandit-") as tmp:
+        root = Path(tmp)
+        for i, code in enumerate(codes):
+            data = code.encode("utf-8", errors="replace")[:MAX_CODE_BYTES]
+            (root / f"s{i:07d}.py").write_bytes(data)
+        proc = subprocess.run(
+            [sys.executable, "-m", "bandit", "-r", str(root), "-f", "json", "-q"],
+            capture_output=True, text=True, timeout=timeout,
+        )
+        try:
+            report = json.loads(proc.stdout)
+        except json.JSONDecodeError:
+            raise RuntimeError(f"bandit failed: {proc.stderr.strip()[:300]}") from None
+    for item in report.get("results", []):
+        idx = int(Path(item["filename"]).stem[1:])
+        cwe = item.get("issue_cwe") or {}
+        cwe_id = f"CWE-{cwe['id']}" if cwe.get("id") else BANDIT_CWE.get(item["test_id"], "CWE-noinfo")
+        results[idx].findings.append(Finding(
+            test_id=item["test_id"], name=item["test_name"], severity=item["issue_severity"],
+            confidence=item["issue_confidence"], cwe=cwe_id, line=item["line_number"],
+        ))
+    for err in report.get("errors", []):
+        idx = int(Path(err["filename"]).stem[1:])
+        results[idx].error = err.get("reason", "error")[:200]
+    return results

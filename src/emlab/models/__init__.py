@@ -1,0 +1,1 @@
+"""Models: the embedded default model, Hugging Face ids and local directories."""

