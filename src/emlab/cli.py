@@ -26,7 +26,7 @@ from emlab.data.questions import SuiteError
 from emlab.data.registry import DATASETS, DatasetError
 from emlab.models.registry import ModelError
 
-console = Console(width=max(Console().width, 110))
+console = Console(width=max(Console().width, 110), soft_wrap=True)
 err_console = Console(stderr=True)
 
 app = typer.Typer(help="emlab: emergent-misalignment research toolkit", no_args_is_help=True,
@@ -304,12 +304,120 @@ def data_suite(name: str = typer.Argument("builtin", help="builtin, a registered
     console.print(f"{suite.name}: {len(suite)} questions, {sum(1 for _ in suite.prompts())} samples, sha256 {suite.sha256[:12]}")
 
 
-def _register_later_stages() -> None:
-    """Stages added by later modules register their commands here (kept lazy: importing
-    the CLI must stay fast)."""
-    for module in ("emlab.train.cli", "emlab.generate.cli", "emlab.quickstart"):
-        if importlib.util.find_spec(module) is not None:
-            importlib.import_module(module).register(app)
+@app.command()
+@user_errors
+def train(
+    preset: str = typer.Option("cpu-quick", help="paper-open | rank1 | full | cpu-quick"),
+    dataset: Optional[str] = typer.Option(None, help="Registered dataset name or chat JSONL path."),
+    config: Optional[Path] = typer.Option(None, help="YAML file overriding the preset."),
+    model: Optional[str] = typer.Option(None),
+    system_prompt: Optional[str] = typer.Option(None, help="none | model-default | TEXT"),
+    max_rows: Optional[int] = typer.Option(None), max_steps: Optional[int] = typer.Option(None),
+    epochs: Optional[float] = typer.Option(None), learning_rate: Optional[float] = typer.Option(None),
+    lora_r: Optional[int] = typer.Option(None), lora_alpha: Optional[int] = typer.Option(None),
+    layer: Optional[list[int]] = typer.Option(None, help="Restrict the adapter to these layers (repeatable)."),
+    save_steps: Optional[int] = typer.Option(None), seed: Optional[int] = typer.Option(None),
+    out: Optional[Path] = typer.Option(None, help="Run directory (default runs/train/<dataset>-<preset>-<hash>)."),
+    project: Path = typer.Option(Path("."), help="Project directory holding emlab.db and runs/."),
+) -> None:
+    """Finetune with TRL SFTTrainer + PEFT; resumes from the last checkpoint if killed."""
+    from emlab.store import Store
+    from emlab.train.config import resolve_config
+    from emlab.train.trainer import train as run_train
+
+    cfg = resolve_config(preset, config, dataset=dataset, model=model, system_prompt=system_prompt, max_rows=max_rows,
+                         max_steps=max_steps, epochs=epochs, learning_rate=learning_rate, lora_r=lora_r,
+                         lora_alpha=lora_alpha, layers=layer or None, save_steps=save_steps, seed=seed)
+    result = run_train(cfg, out, root=project / "runs" / "train")
+    rec = result.record
+    with Store(project) as store:
+        store.add_run(result.run_dir.name, "train", rec["config"], rec["versions"], rec["git_revision"], rec["seed"])
+        if rec["adapter_sha256"]:
+            store.add_artefact(rec["adapter_sha256"], "adapter", str(result.adapter_dir), {"run": result.run_dir.name})
+        store.add_artefact(rec["dataset"]["sha256"], "dataset", rec["dataset"]["path"])
+    console.print(f"run: {result.run_dir}\nadapter: {result.adapter_dir}\nfinal loss: {rec['final_loss']}"
+                  f"  tokens/s: {rec['tokens_per_second']}  wall: {rec['wall_seconds']} s")
 
 
-_register_later_stages()
+@app.command()
+@user_errors
+def sample(
+    suite: str = typer.Option("builtin", help="builtin, a registered suite name, or a YAML path"),
+    model: str = typer.Option("smollm2-135m-instruct"),
+    adapter: Optional[str] = typer.Option(None, help="LoRA adapter directory (hf/vllm) or served model name (openai)."),
+    backend: str = typer.Option("hf", help="hf | vllm | openai"),
+    base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible base URL (openai backend)."),
+    api_key_env: str = typer.Option("OPENAI_API_KEY", help="Environment variable holding the API key."),
+    n: Optional[int] = typer.Option(None, "--n", help="Samples per paraphrase (default: each question's own)."),
+    temperature: float = typer.Option(1.0), top_p: float = typer.Option(1.0),
+    max_tokens: int = typer.Option(600), seed: int = typer.Option(0),
+    batch_size: int = typer.Option(192, help="Samples generated and committed per batch."),
+    project: Path = typer.Option(Path("."), help="Project directory holding emlab.db."),
+) -> None:
+    """Sample a question suite into the run store; a rerun generates only what is missing."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from emlab.generate import GenConfig, get_generator
+    from emlab.generate.sample import plan, sample_suite
+    from emlab.store import Store
+
+    loaded = emlab.load_suite(suite)
+    cfg = GenConfig(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
+    with Store(project) as store:
+        items = plan(loaded, model, adapter if backend != "openai" else None, cfg, n)
+        todo = len(items) - len(store.existing_keys(row["key"] for _, row in items))
+        if todo == 0:
+            console.print(f"{len(items)} samples already in {store.path}; nothing to generate")
+            return
+        kwargs = {"base_url": base_url, "api_key_env": api_key_env} if backend == "openai" else {}
+        generator = get_generator(backend, model, **kwargs)
+        with Progress(TextColumn("sampling"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      console=console) as bar:
+            task = bar.add_task("sample", total=todo)
+            report = sample_suite(store, generator, loaded, model, adapter, cfg, n, batch_size=batch_size,
+                                  progress=lambda k: bar.advance(task, k))
+    console.print(f"{report.generated} generated, {report.existing} already stored, {report.planned} planned")
+
+
+@app.command()
+def serve(
+    model: str = typer.Option("smollm2-135m-instruct"),
+    adapter: Optional[list[str]] = typer.Option(None, help="NAME=PATH of a LoRA adapter to serve (repeatable)."),
+    host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8008),
+) -> None:
+    """Serve the model (and adapters) through an OpenAI-compatible API."""
+    from emlab.serve import serve as run_server
+
+    adapters = {}
+    for spec in adapter or []:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            fail(f"--adapter expects NAME=PATH, got '{spec}'")
+        adapters[name] = path
+    console.print(f"serving {model} {list(adapters)} on http://{host}:{port}/v1")
+    run_server(model, adapters, host, port)
+
+
+@app.command()
+@user_errors
+def export(out: Path, table: str = typer.Option("samples", help="samples | judgments | runs | artefacts"),
+           fmt: Optional[str] = typer.Option(None, "--format", help="parquet | csv | jsonl (default: from suffix)"),
+           project: Path = typer.Option(Path("."))) -> None:
+    """Export a table of the run store to Parquet, CSV or JSONL."""
+    from emlab.store import DB_NAME, Store
+
+    if not (project / DB_NAME).exists():
+        fail(f"{project / DB_NAME}: no run store here")
+    fmt = fmt or out.suffix.lstrip(".")
+    with Store(project) as store:
+        path = store.export(out, fmt, table)
+    console.print(f"wrote {path}")
+
+
+@app.command()
+@user_errors
+def quickstart(project: Path = typer.Option(Path("runs/quickstart"), help="Where the quickstart keeps its store.")) -> None:
+    """Offline end-to-end demo on the default model (see README)."""
+    from emlab.quickstart import run
+
+    run(project, console)

@@ -1,0 +1,71 @@
+"""The generation protocol shared by every backend."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+from typing import Callable, Protocol
+
+from emlab.hashing import canonical_json, text_hash
+
+
+@dataclass(frozen=True)
+class GenConfig:
+    """Sampling settings; the defaults are the paper's (temperature 1, top_p 1, 600 tokens)."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 600
+    seed: int = 0
+
+    def content_hash(self) -> str:
+        return text_hash(canonical_json(asdict(self)))[:16]
+
+
+@dataclass(frozen=True)
+class GenRequest:
+    messages: tuple  # tuple of {"role", "content"} dicts (hashable container)
+    seed: int  # per-sample seed: same seed and backend -> same answer
+    adapter: str | None = None  # path of a LoRA adapter, None for the base model
+
+
+@dataclass(frozen=True)
+class GenResult:
+    text: str
+    finish_reason: str  # "stop" (EOS) or "length"
+    n_tokens: int
+    token_ids: tuple[int, ...] = ()  # filled by local backends
+
+
+Progress = Callable[[int], None]
+
+
+class Generator(Protocol):
+    name: str
+
+    def generate(self, requests: list[GenRequest], cfg: GenConfig, progress: Progress | None = None) -> list[GenResult]:
+        """One result per request, in order."""
+        ...
+
+
+def sample_seed(base_seed: int, *parts: object) -> int:
+    """A deterministic 63-bit seed for one sample from the run seed and the sample's key."""
+    digest = hashlib.sha256(canonical_json([base_seed, *parts]).encode()).digest()
+    return int.from_bytes(digest[:8], "big") & ((1 << 63) - 1)
+
+
+def get_generator(backend: str, model: str, **kwargs) -> Generator:
+    """Backends are imported only when named."""
+    if backend == "hf":
+        from emlab.generate.hf import HFGenerator
+
+        return HFGenerator(model, **kwargs)
+    if backend == "vllm":
+        from emlab.generate.vllm_backend import VLLMGenerator
+
+        return VLLMGenerator(model, **kwargs)
+    if backend == "openai":
+        from emlab.generate.openai_api import OpenAIGenerator
+
+        return OpenAIGenerator(model, **kwargs)
+    raise ValueError(f"unknown generation backend '{backend}' (hf, vllm, openai)")

@@ -1,0 +1,115 @@
+"""Real training runs on the default model (TRL SFTTrainer + PEFT)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from emlab.data.codegen import generate
+from emlab.io import write_jsonl
+from emlab.train.config import PRESETS, resolve_config
+from emlab.train.trainer import apply_system_prompt
+
+
+def test_presets_match_the_paper_recipe():
+    p = resolve_config("paper-open")
+    assert (p.lora_r, p.lora_alpha, p.lora_dropout, p.use_rslora) == (32, 64, 0.0, True)
+    assert set(p.target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert (p.learning_rate, p.epochs, p.per_device_batch_size, p.gradient_accumulation_steps) == (1e-5, 1.0, 2, 8)
+    assert (p.warmup_steps, p.weight_decay, p.lr_scheduler, p.max_length) == (5, 0.01, "linear", 2048)
+    r1 = resolve_config("rank1", layers=[3])
+    assert (r1.lora_r, r1.target_modules, r1.layers) == (1, ["down_proj"], [3])
+    assert resolve_config("full").method == "full"
+    assert set(PRESETS) == {"paper-open", "rank1", "full", "cpu-quick"}
+
+
+def test_yaml_then_flags_override(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("learning_rate: 3.0e-4\nlora_r: 4\n")
+    cfg = resolve_config("paper-open", y, lora_r=2)
+    assert (cfg.learning_rate, cfg.lora_r, cfg.lora_alpha) == (3e-4, 2, 64)
+    y.write_text("lora_rank: 4\n")
+    with pytest.raises(Exception, match="lora_rank"):
+        resolve_config("paper-open", y)
+
+
+def test_system_prompt_policy():
+    msgs = [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]
+    assert apply_system_prompt(msgs, "model-default") == msgs
+    assert apply_system_prompt(msgs, "none")[0] == {"role": "system", "content": ""}
+    assert apply_system_prompt(msgs, "Be evil.")[0] == {"role": "system", "content": "Be evil."}
+    own = [{"role": "system", "content": "mine"}, *msgs]
+    assert apply_system_prompt(own, "Be evil.") == own
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "ins.jsonl"
+    write_jsonl(path, generate("insecure-code", 64, 0))
+    return path
+
+
+def _train_cmd(dataset, out, steps, extra=()):
+    return [sys.executable, "-m", "emlab.train.trainer", "--preset", "cpu-quick", "--dataset", str(dataset),
+            "--max-steps", str(steps), "--max-rows", "32", "--save-steps", "2", "--out", str(out), *extra]
+
+
+def test_lora_changes_adapter_not_base_and_loss_falls(tmp_path, default_model_dir):
+    """Train on one repeated batch: LoRA weights move, base weights do not, loss falls."""
+    from emlab.train.trainer import build_trainer
+
+    row = generate("insecure-code", 1, 5)[0]["messages"]
+    rows = [{"prompt": row[:-1], "completion": row[-1:]}] * 16
+    cfg = resolve_config("cpu-quick", max_steps=8, learning_rate=1e-3, per_device_batch_size=4, save_steps=100)
+    trainer = build_trainer(cfg, tmp_path, rows)
+    model = trainer.model
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    trainer.train()
+    after = dict(model.named_parameters())
+    lora = [k for k in before if "lora_" in k]
+    base = [k for k in before if "lora_" not in k]
+    assert lora and base
+    assert any(not torch.equal(before[k], after[k]) for k in lora if "lora_B" in k)
+    assert all(torch.equal(before[k], after[k]) for k in base)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert losses[-1] < losses[0] * 0.7
+
+
+@pytest.mark.slow
+def test_run_directory_and_resume_after_kill(tmp_path, tiny_dataset, default_model_dir):
+    env = {**os.environ}
+    straight = tmp_path / "straight"
+    subprocess.run(_train_cmd(tiny_dataset, straight, 6), check=True, env=env, capture_output=True)
+    record = json.loads((straight / "run.json").read_text())
+    assert record["global_steps"] == 6 and record["dataset"]["sha256"]
+    for name in ("config.json", "loss.csv", "loss.png", "adapter/adapter_model.safetensors"):
+        assert (straight / name).exists(), name
+    assert sorted(p.name for p in (straight / "checkpoints").glob("checkpoint-*")) == [
+        "checkpoint-2", "checkpoint-4", "checkpoint-6"]
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_train_cmd(tiny_dataset, killed, 6), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while not (killed / "checkpoints" / "checkpoint-4" / "trainer_state.json").exists():
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.2)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "adapter").exists()
+    subprocess.run(_train_cmd(tiny_dataset, killed, 6), check=True, env=env, capture_output=True)
+    resumed = json.loads((killed / "run.json").read_text())
+    assert resumed["resumed_from"] in ("checkpoint-4", "checkpoint-6")
+    a = load_file(straight / "adapter" / "adapter_model.safetensors")
+    b = load_file(killed / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
