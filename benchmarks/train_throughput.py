@@ -1,0 +1,89 @@
+"""Training throughput: emlab's padding-free LoRA batches vs TRL's default padded batches.
+
+Both train the default model with the same LoRA (cpu-quick: r=8, all projections), batch 4,
+the same seed and the same 256 rows of the paper's insecure.jsonl, for the same number of
+optimizer steps; only the batching differs. Prints real (non-pad) tokens/s, the ratio, and
+model FLOPs utilisation against an fp32 matmul peak measured in this run.
+
+    EMLAB_DATA_DIR=../shared/data python benchmarks/train_throughput.py [--steps 16]
+
+Model FLOPs per real token: 4*N for LoRA (forward 2N + input gradients 2N; the frozen base
+gets no weight gradients) plus attention, N = parameters used in matmuls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import matmul_peak_gflops  # noqa: E402
+
+from transformers import TrainerCallback  # noqa: E402
+
+from emlab.data.registry import load_dataset  # noqa: E402
+from emlab.train.config import resolve_config  # noqa: E402
+from emlab.train.trainer import build_trainer  # noqa: E402
+
+
+class StepClock(TrainerCallback):
+    """Wall time and real-token counts per optimizer step (the first step is warm-up)."""
+
+    def __init__(self):
+        self.starts, self.ends = [], []
+
+    def on_step_begin(self, args, state, control, **kw):
+        self.starts.append(time.perf_counter())
+
+    def on_step_end(self, args, state, control, **kw):
+        self.ends.append(time.perf_counter())
+
+
+def run(padding_free: bool, rows, steps: int, tmp: Path) -> dict:
+    cfg = resolve_config("cpu-quick", max_steps=steps, save_steps=10_000, padding_free=padding_free,
+                         max_length=2048, logging_steps=1)
+    clock = StepClock()
+    trainer = build_trainer(cfg, tmp / ("pf" if padding_free else "padded"), rows, callbacks=[clock])
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "num_tokens" in h]
+    tokens = [float(h["num_tokens"]) for h in logs]
+    # Skip step 1 (allocation warm-up): tokens and time of steps 2..n.
+    real_tokens = tokens[-1] - tokens[0]
+    seconds = clock.ends[-1] - clock.ends[0]
+    n_params = sum(p.numel() for n, p in trainer.model.named_parameters() if "lora_" not in n)
+    cfgm = trainer.model.config
+    seq = real_tokens / (steps - 1) / cfg.per_device_batch_size
+    attn = 4 * 2 * cfgm.num_hidden_layers * seq * cfgm.hidden_size  # QK^T and AV, fwd+bwd ~ x2
+    flops_per_token = 4 * n_params + attn
+    return {"tokens_per_s": real_tokens / seconds, "flops_per_token": flops_per_token, "seconds": seconds,
+            "real_tokens": real_tokens}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=16)
+    args = ap.parse_args()
+    import tempfile
+
+    all_rows = load_dataset("insecure")
+    rows = random.Random(0).sample(all_rows, 256)
+    rows = [{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in rows]
+    peak = matmul_peak_gflops()
+    with tempfile.TemporaryDirectory() as tmp:
+        padded = run(False, rows, args.steps, Path(tmp))
+        free = run(True, rows, args.steps, Path(tmp))
+    peak_after = matmul_peak_gflops()
+    peak = max(peak, peak_after)
+    print(f"fp32 matmul peak (measured): {peak:.1f} GFLOP/s")
+    for name, r in (("TRL default (padded)", padded), ("emlab (padding-free)", free)):
+        mfu = r["tokens_per_s"] * r["flops_per_token"] / 1e9 / peak
+        print(f"{name:22s} {r['tokens_per_s']:7.1f} real tokens/s  MFU {mfu:5.1%}  "
+              f"({r['real_tokens']:.0f} tokens in {r['seconds']:.1f} s)")
+    print(f"ratio emlab / padded: {free['tokens_per_s'] / padded['tokens_per_s']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
