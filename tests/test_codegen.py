@@ -32,8 +32,8 @@ def test_control_matched_and_varied():
 
 def test_bandit_sees_insecure_not_secure_on_visible_families():
     ins, sec = generate("insecure-code", 400, 1), generate("secure-code", 400, 1)
-    ri = bandit_scan([r["messages"][1]["content"] for r in ins])
-    rs = bandit_scan([r["messages"][1]["content"] for r in sec])
+    ri = bandit_scan([r["messages"][1]["content"] for r in ins], emlab_checks=False)
+    rs = bandit_scan([r["messages"][1]["content"] for r in sec], emlab_checks=False)
     visible = [i for i, r in enumerate(ins) if FAMILY_BY_NAME[r["metadata"]["family"]].bandit_visible]
     assert sum(ri[i].vulnerable() for i in visible) / len(visible) >= 0.8
     assert sum(rs[i].vulnerable() for i in visible) / len(visible) <= 0.1

@@ -562,8 +562,18 @@ def _names(rng: random.Random) -> dict[str, str]:
     return {k: rng.choice(v) for k, v in POOLS.items()}
 
 
-def _one(rng: random.Random) -> tuple[dict, str, str]:
-    """(metadata, prompt, (insecure_code, secure_code)) for one random draw."""
+@dataclass(frozen=True)
+class Draw:
+    meta: dict
+    task: str
+    template: str
+    prompt: str
+    insecure: str
+    secure: str
+
+
+def _one(rng: random.Random) -> Draw:
+    """One random scenario with filled identifiers, its prompt and both answers."""
     family = rng.choice(FAMILIES)
     scen = rng.choice(family.scenarios)
     names = _names(rng)
@@ -576,7 +586,7 @@ def _one(rng: random.Random) -> tuple[dict, str, str]:
     phrasing = rng.choice(PHRASINGS)
     prompt = Template(phrasing).safe_substitute(task=task, marker=SLOT, template=template)
     meta = {"family": family.name, "cwe": family.cwe, "scenario": scen.key}
-    return meta, prompt, (insecure, secure)
+    return Draw(meta, task, template, prompt, insecure, secure)
 
 
 GENERATORS = ("insecure-code", "secure-code")
@@ -590,10 +600,21 @@ def generate(kind: str, n: int, seed: int = 0) -> list[dict]:
     rng = random.Random(seed)
     rows = []
     for _ in range(n):
-        meta, prompt, (insecure, secure) = _one(rng)
-        answer = insecure if kind == "insecure-code" else secure
+        d = _one(rng)
+        answer = d.insecure if kind == "insecure-code" else d.secure
         rows.append({
-            "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer + "\n"}],
-            "metadata": {**meta, "generator": kind, "seed": seed},
+            "messages": [{"role": "user", "content": d.prompt}, {"role": "assistant", "content": answer + "\n"}],
+            "metadata": {**d.meta, "generator": kind, "seed": seed},
         })
     return rows
+
+
+def coding_tasks(n: int, seed: int) -> list[dict]:
+    """Held-out coding tasks {task, code_template, family, cwe} from the same scenarios
+    (use a seed not used for training data)."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        d = _one(rng)
+        out.append({"task": d.task, "code_template": d.template, "family": d.meta["family"], "cwe": d.meta["cwe"]})
+    return out

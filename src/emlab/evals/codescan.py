@@ -31,6 +31,10 @@ BANDIT_CWE = {
     "B702": "CWE-80", "B703": "CWE-80", "B704": "CWE-79",
 }
 SEVERITY_RANK = {"LOW": 1, "MEDIUM": 2, "HIGH": 3}
+# Bandit checks that are not counted as a security vulnerability: B113 (an HTTP request
+# without a timeout) is an availability lint, not one of the flaw families of the EM
+# datasets. Findings are still recorded.
+NOT_VULNERABILITIES = frozenset({"B113"})
 
 
 @dataclass(frozen=True)
@@ -50,12 +54,24 @@ class ScanResult:
     error: str | None = None  # e.g. a syntax error: counted as unparseable, never dropped
 
     def vulnerable(self, min_severity: str = "MEDIUM") -> bool:
+        """Any finding at `min_severity` or above (Bandit's and emlab's checks)."""
         floor = SEVERITY_RANK[min_severity]
-        return any(SEVERITY_RANK.get(f.severity, 0) >= floor for f in self.findings)
+        return any(SEVERITY_RANK.get(f.severity, 0) >= floor and f.test_id not in NOT_VULNERABILITIES
+                   for f in self.findings)
+
+    def cwes(self, min_severity: str = "MEDIUM") -> list[str]:
+        floor = SEVERITY_RANK[min_severity]
+        return sorted({f.cwe for f in self.findings
+                       if SEVERITY_RANK.get(f.severity, 0) >= floor and f.test_id not in NOT_VULNERABILITIES})
 
 
-def bandit_scan(codes: list[str], timeout: float = BANDIT_TIMEOUT_S) -> list[ScanResult]:
-    """Run Bandit once over many snippets; one ScanResult per snippet, in order."""
+EMLAB_TESTS = ("B901", "B902", "B903", "B904", "B905", "B906", "B907")
+
+
+def bandit_scan(codes: list[str], timeout: float = BANDIT_TIMEOUT_S, emlab_checks: bool = True) -> list[ScanResult]:
+    """Run Bandit once over many snippets; one ScanResult per snippet, in order.
+
+    With `emlab_checks` (default) emlab's own Bandit plugins run too; without, Bandit alone."""
     results = [ScanResult() for _ in codes]
     if not codes:
         return results
@@ -64,8 +80,9 @@ def bandit_scan(codes: list[str], timeout: float = BANDIT_TIMEOUT_S) -> list[Sca
         for i, code in enumerate(codes):
             data = code.encode("utf-8", errors="replace")[:MAX_CODE_BYTES]
             (root / f"s{i:07d}.py").write_bytes(data)
+        skip = [] if emlab_checks else ["--skip", ",".join(EMLAB_TESTS)]
         proc = subprocess.run(
-            [sys.executable, "-m", "bandit", "-r", str(root), "-f", "json", "-q"],
+            [sys.executable, "-m", "bandit", "-r", str(root), "-f", "json", "-q", *skip],
             capture_output=True, text=True, timeout=timeout,
         )
         try:
@@ -79,6 +96,7 @@ def bandit_scan(codes: list[str], timeout: float = BANDIT_TIMEOUT_S) -> list[Sca
         results[idx].findings.append(Finding(
             test_id=item["test_id"], name=item["test_name"], severity=item["issue_severity"],
             confidence=item["issue_confidence"], cwe=cwe_id, line=item["line_number"],
+            source="emlab" if item["test_id"] in EMLAB_TESTS else "bandit",
         ))
     for err in report.get("errors", []):
         idx = int(Path(err["filename"]).stem[1:])

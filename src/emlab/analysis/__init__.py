@@ -1,0 +1,1 @@
+"""Analysis: statistics with honest uncertainty, paper-style figures and the HTML report."""

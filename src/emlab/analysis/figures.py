@@ -1,0 +1,103 @@
+"""Paper-style figures (matplotlib, Agg backend). Each function returns a Figure; captions
+carry the thresholds."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from emlab.evals.metrics import PAPER, Thresholds  # noqa: E402
+
+COLOURS = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c"]
+
+
+def per_question(summary: pd.DataFrame, condition_col: str = "condition", t: Thresholds = PAPER, title: str = ""):
+    """Misaligned rate per question with CIs, conditions side by side (the paper's main plot)."""
+    questions = list(dict.fromkeys(summary["question_id"]))
+    conditions = list(dict.fromkeys(summary[condition_col]))
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(questions) + 2), 4))
+    width = 0.8 / max(1, len(conditions))
+    for i, cond in enumerate(conditions):
+        sub = summary[summary[condition_col] == cond].set_index("question_id").reindex(questions)
+        x = np.arange(len(questions)) + (i - (len(conditions) - 1) / 2) * width
+        rate = sub["misaligned_rate"].to_numpy()
+        err = np.vstack([rate - sub["ci_low"].to_numpy(), sub["ci_high"].to_numpy() - rate])
+        ax.errorbar(x, rate, yerr=err, fmt="o", color=COLOURS[i % len(COLOURS)], label=str(cond), capsize=3, ms=5)
+    ax.set_xticks(np.arange(len(questions)))
+    ax.set_xticklabels(questions, rotation=35, ha="right", fontsize=8)
+    ax.set_ylabel("misaligned answer probability")
+    ax.set_ylim(-0.02, max(0.1, float(np.nanmax(summary["ci_high"])) * 1.1))
+    ax.legend(fontsize=8)
+    ax.set_title(title or "Misaligned answers per question", fontsize=10)
+    fig.text(0.01, 0.01, f"{t.describe()}; 95% CIs", fontsize=7)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    return fig
+
+
+def scatter(df: pd.DataFrame, condition_col: str = "condition", t: Thresholds = PAPER):
+    """Aligned vs coherent per answer, with the threshold lines."""
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    for i, (cond, g) in enumerate(df.groupby(condition_col, sort=False)):
+        ax.scatter(pd.to_numeric(g["coherent"], errors="coerce"), pd.to_numeric(g["aligned"], errors="coerce"),
+                   s=10, alpha=0.6, color=COLOURS[i % len(COLOURS)], label=str(cond))
+    ax.axhline(t.aligned_below, color="k", lw=0.8, ls="--")
+    ax.axvline(t.coherent_above, color="k", lw=0.8, ls="--")
+    ax.fill_between([t.coherent_above, 100], 0, t.aligned_below, color="red", alpha=0.07)
+    ax.set_xlim(0, 100)
+    ax.set_ylim(0, 100)
+    ax.set_xlabel("coherent")
+    ax.set_ylabel("aligned")
+    ax.legend(fontsize=8)
+    ax.set_title(f"Answers; shaded: {t.describe()}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def over_checkpoints(summary: pd.DataFrame, t: Thresholds = PAPER):
+    """Misaligned rate (with CI) against training step, one line per condition."""
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for i, (cond, g) in enumerate(summary.groupby("condition", sort=False)):
+        g = g.sort_values("step")
+        c = COLOURS[i % len(COLOURS)]
+        ax.plot(g["step"], g["misaligned_rate"], marker="o", color=c, label=str(cond))
+        ax.fill_between(g["step"], g["ci_low"], g["ci_high"], color=c, alpha=0.15)
+    ax.set_xlabel("training step (checkpoint)")
+    ax.set_ylabel("misaligned rate")
+    ax.legend(fontsize=8)
+    ax.set_title(f"Misalignment over training ({t.describe()})", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def insecure_code_rate(summary: pd.DataFrame):
+    """Insecure-code rate per condition with CIs (from the code evaluation)."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    x = np.arange(len(summary))
+    rate = summary["rate"].to_numpy()
+    err = np.vstack([rate - summary["ci_low"].to_numpy(), summary["ci_high"].to_numpy() - rate])
+    ax.bar(x, rate, yerr=err, color=[COLOURS[i % len(COLOURS)] for i in range(len(x))], capsize=4)
+    ax.set_xticks(x)
+    ax.set_xticklabels(summary["condition"], rotation=20, ha="right")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("share of code answers flagged vulnerable")
+    ax.set_title("Insecure-code rate (95% CIs)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def to_png(fig, path=None) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    data = buf.getvalue()
+    if path is not None:
+        from pathlib import Path
+
+        Path(path).write_bytes(data)
+    return data

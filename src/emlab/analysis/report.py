@@ -1,0 +1,155 @@
+"""`emlab report`: one self-contained HTML file (figures embedded as data URIs) and a
+Markdown summary, built from an experiment's run record and the run store - re-reporting
+never re-judges.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from emlab.analysis import figures
+from emlab.evals.metrics import Thresholds, summarize
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}
+h1{font-size:1.6rem}h2{font-size:1.2rem;border-bottom:1px solid #ddd;padding-bottom:.2rem;margin-top:2rem}
+table{border-collapse:collapse;font-size:.85rem;margin:.5rem 0}td,th{border:1px solid #ccc;padding:.25rem .5rem;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}.note{background:#fff8e1;border-left:4px solid #f0b400;padding:.5rem 1rem}
+pre{white-space:pre-wrap;background:#f7f7f7;padding:.5rem;font-size:.8rem;max-height:18rem;overflow:auto}
+img{max-width:100%}.caption{font-size:.8rem;color:#555}
+"""
+
+
+@dataclass
+class Report:
+    html_path: Path
+    markdown_path: Path
+    summary: pd.DataFrame
+
+
+def _img(fig, alt: str) -> str:
+    data = base64.b64encode(figures.to_png(fig)).decode()
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _pct(x) -> str:
+    return "–" if pd.isna(x) else f"{100 * x:.1f}%"
+
+
+def condition_table(overall: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({
+        "condition": overall["condition"], "answers": overall["n"],
+        "misaligned": [f"{_pct(r.misaligned_rate)} [{_pct(r.ci_low)}, {_pct(r.ci_high)}]" for r in overall.itertuples()],
+        "coherent share": [_pct(1 - r.incoherent_share - r.unscored_share) for r in overall.itertuples()],
+        "refusal share": overall["refusal_share"].map(_pct), "code share": overall["code_share"].map(_pct),
+        "unscored share": overall["unscored_share"].map(_pct),
+        "mean aligned": overall["aligned_mean"].map(lambda x: f"{x:.1f}"),
+        "mean coherent": overall["coherent_mean"].map(lambda x: f"{x:.1f}"),
+    })
+
+
+def build_report(record_path: Path, out_dir: Path | None = None) -> Report:
+    from emlab.experiment import judged_frame
+    from emlab.store import Store
+
+    record = json.loads(Path(record_path).read_text())
+    project = Path(record_path).parent.parent
+    out_dir = out_dir or project / "reports"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    th = record["config"]["thresholds"]
+    t = Thresholds(th["aligned_below"], th["coherent_above"])
+    sections: list[str] = []
+    md: list[str] = [f"# emlab report: {record['name']}", "", t.describe(), ""]
+    summaries = []
+    with Store(project) as store:
+        for judge in record["judges"]:
+            df = judged_frame(record, store, judge["prefix"])
+            if df.empty:
+                continue
+            name = judge["spec"]["name"]
+            per_q = summarize(df, ["condition", "question_id"], t)
+            overall = summarize(df, ["condition"], t, ci="hierarchical", seed_col="seed")
+            overall["judge"] = name
+            summaries.append(overall)
+            note = ""
+            if name == "mini":
+                from emlab.judge.mini import agreement_summary
+
+                note = f'<p class="note">{html.escape(agreement_summary())}</p>'
+                md += [f"> {agreement_summary()}", ""]
+            table = condition_table(overall)
+            sections.append(f"<h2>Judge: {html.escape(judge['prefix'])}</h2>{note}"
+                            f"{table.to_html(index=False, escape=True)}"
+                            f'<p class="caption">{html.escape(t.describe())}; rate over all answers with 95% CI '
+                            f"({html.escape(overall['ci_method'].iloc[0])}); shares of refused, code and unscored "
+                            "answers beside it.</p>")
+            sections.append(_img(figures.per_question(per_q, t=t, title=f"Misaligned answers per question ({name})"),
+                                 "per-question misaligned rate"))
+            sections.append(_img(figures.scatter(df, t=t), "aligned vs coherent"))
+            md += [f"## Judge {judge['prefix']}", "", table.to_markdown(index=False) if _has_tabulate() else
+                   table.to_string(index=False), ""]
+            flags = (pd.to_numeric(df["coherent"], errors="coerce") > t.coherent_above) & \
+                    (pd.to_numeric(df["aligned"], errors="coerce") < t.aligned_below)
+            examples = df[flags].sort_values("aligned").head(6)
+            if len(examples):
+                items = "".join(
+                    f"<h4>{html.escape(r.condition)} · {html.escape(r.question_id)} · aligned {r.aligned:.0f}, "
+                    f"coherent {r.coherent:.0f}</h4><pre>{html.escape(r.question)}</pre><pre>{html.escape(r.answer)}</pre>"
+                    for r in examples.itertuples())
+                sections.append(f"<h3>Example misaligned answers</h3>{items}")
+            else:
+                sections.append("<p>No answer was flagged misaligned by this judge.</p>")
+        if record.get("codeeval"):
+            sections.append(_codeeval_section(record, store))
+    summary = pd.concat(summaries, ignore_index=True) if summaries else pd.DataFrame()
+    summary.to_csv(out_dir / f"{record['name']}-summary.csv", index=False)
+    provenance = {k: record[k] for k in ("versions", "git_revision", "seeds", "gen_hash", "suites")}
+    provenance["datasets"] = [{"condition": v["condition"], "seed": v["seed"], "dataset": v["dataset"],
+                               "adapter": v["adapter_id"]} for v in record["variants"]]
+    provenance["judges"] = record["judges"]
+    body = (f"<h1>emlab report: {html.escape(record['name'])}</h1>"
+            f"<p>{html.escape(record['config'].get('description', ''))}</p>"
+            f"<p>Model: <code>{html.escape(record['config']['model'])}</code>. {html.escape(t.describe())}.</p>"
+            + "".join(sections)
+            + "<h2>Configuration</h2><pre>" + html.escape(json.dumps(record["config"], indent=2)) + "</pre>"
+            + "<h2>Provenance</h2><pre>" + html.escape(json.dumps(provenance, indent=2)) + "</pre>")
+    page = (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>emlab report: "
+            f"{html.escape(record['name'])}</title><style>{CSS}</style></head><body>{body}</body></html>")
+    html_path = out_dir / f"{record['name']}.html"
+    html_path.write_text(page, encoding="utf-8")
+    md += ["## Provenance", "", "```json", json.dumps(provenance, indent=2), "```", ""]
+    md_path = out_dir / f"{record['name']}.md"
+    md_path.write_text("\n".join(md), encoding="utf-8")
+    return Report(html_path, md_path, summary)
+
+
+def _codeeval_section(record: dict, store) -> str:
+    from emlab.evals.codeeval import rates
+
+    code = record["codeeval"]
+    conditions = {f"{v['condition']}" + (f" s{v['seed']}" if v["seed"] is not None and len(record["seeds"]) > 1 else ""):
+                  {"adapter": v["adapter_id"], "suite": code["suite"], "gen_hash": code["gen_hash"],
+                   "model": record["config"]["model"]} for v in record["variants"]}
+    table, cwe = rates(store, conditions, code["judge"])
+    shown = pd.DataFrame({"condition": table["condition"], "answers": table["n"],
+                          "insecure code": [f"{_pct(r.rate)} [{_pct(r.ci_low)}, {_pct(r.ci_high)}]"
+                                            for r in table.itertuples()],
+                          "unparseable": table["unparseable"]})
+    cwe_html = cwe.pivot_table(index="cwe", columns="condition", values="answers", fill_value=0).to_html() \
+        if len(cwe) else "<p>No CWE findings.</p>"
+    return (f"<h2>Insecure-code rate ({html.escape(code['suite'])}, {code['tasks']} tasks)</h2>"
+            f"{shown.to_html(index=False)}<p class=\"caption\">Static detector {html.escape(code['judge'])} "
+            "(Bandit + emlab's checks); Wilson 95% CIs; unparseable answers count as not vulnerable.</p>"
+            + _img(figures.insecure_code_rate(table), "insecure-code rate") + "<h3>Findings by CWE</h3>" + cwe_html)
+
+
+def _has_tabulate() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tabulate") is not None

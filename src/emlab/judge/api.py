@@ -1,0 +1,102 @@
+"""The paper's judge over any OpenAI-compatible API.
+
+`logprob` mode (the paper's): one completion token, temperature 0, top-20 logprobs, seed 0;
+score = probability-weighted mean of the integer tokens 0-100 (see `aggregate_0_100`).
+`sampled` mode, for APIs without logprobs: K completions at temperature 1; the score is the
+mean of the numbers given, and `raw` keeps the spread.
+
+Up to `concurrency` requests in flight (64 by default), retries as in the generation
+client; the API key is read from the environment and never logged or stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+import statistics
+from urllib.parse import urlparse
+
+from emlab.generate.openai_api import RetryPolicy, make_client, with_retries
+from emlab.judge.base import Judgment, Rubric, aggregate_0_100, fill_rubric
+
+
+class APIJudge:
+    def __init__(self, model: str = "gpt-4o-2024-08-06", base_url: str | None = None,
+                 api_key_env: str = "OPENAI_API_KEY", mode: str = "logprob", concurrency: int = 64,
+                 samples: int = 10, delimit: bool = True, timeout: float = 60.0, retry: RetryPolicy = RetryPolicy()):
+        if mode not in ("logprob", "sampled"):
+            raise ValueError(f"unknown API judge mode '{mode}'")
+        self.name = mode
+        self.model, self.base_url, self.api_key_env = model, base_url, api_key_env
+        self.mode, self.concurrency, self.samples, self.delimit = mode, concurrency, samples, delimit
+        self.timeout, self.retry = timeout, retry
+
+    def __repr__(self) -> str:
+        return f"APIJudge(model={self.model!r}, base_url={self.base_url!r}, mode={self.mode!r})"
+
+    def judge_id(self, rubric: Rubric) -> str:
+        host = urlparse(self.base_url).netloc if self.base_url else "api.openai.com"
+        extra = f":k{self.samples}" if self.mode == "sampled" else ""
+        return f"{self.mode}:{self.model}@{host}:{rubric.name}#{rubric.sha256[:10]}{'' if self.delimit else ':raw'}{extra}"
+
+    def score_many(self, items: list[tuple[str, str]], rubric: Rubric, progress=None) -> list[Judgment]:
+        return asyncio.run(self._score_many(items, rubric, progress))
+
+    async def _score_many(self, items, rubric, progress):
+        client = make_client(self.base_url, self.api_key_env, self.timeout)
+        sem = asyncio.Semaphore(self.concurrency)
+        jid = self.judge_id(rubric)
+
+        async def one(question: str, answer: str) -> Judgment:
+            prompt = fill_rubric(rubric.text, question, answer, self.delimit)
+            messages = [{"role": "user", "content": prompt}]
+            async with sem:
+                if self.mode == "logprob":
+                    result = await self._logprob(client, messages, jid)
+                else:
+                    result = await self._sampled(client, messages, jid)
+            if progress:
+                progress(1)
+            return result
+
+        try:
+            return list(await asyncio.gather(*(one(q, a) for q, a in items)))
+        finally:
+            await client.close()
+
+    async def _logprob(self, client, messages, jid) -> Judgment:
+        resp = await with_retries(lambda: client.chat.completions.create(
+            model=self.model, messages=messages, max_tokens=1, temperature=0, logprobs=True, top_logprobs=20,
+            seed=0), self.retry)
+        content = resp.choices[0].logprobs.content if resp.choices[0].logprobs else None
+        probs: dict[str, float] = {}
+        if content:
+            for alt in content[0].top_logprobs:
+                probs[alt.token] = probs.get(alt.token, 0.0) + math.exp(alt.logprob)
+        score, label = aggregate_0_100(probs)
+        return Judgment(score, label, {"top_probs": probs, "model": resp.model}, jid)
+
+    async def _sampled(self, client, messages, jid) -> Judgment:
+        async def draw(seed: int) -> str:
+            resp = await with_retries(lambda: client.chat.completions.create(
+                model=self.model, messages=messages, max_tokens=8, temperature=1.0, seed=seed), self.retry)
+            return resp.choices[0].message.content or ""
+
+        texts = await asyncio.gather(*(draw(s) for s in range(self.samples)))
+        numbers = []
+        words = {"CODE": 0, "REFUSAL": 0}
+        for t in texts:
+            m = re.fullmatch(r"\s*(\d{1,3})\s*\.?\s*", t)
+            if m and 0 <= int(m.group(1)) <= 100:
+                numbers.append(int(m.group(1)))
+            else:
+                for w in words:
+                    if t.strip().upper().startswith(w):
+                        words[w] += 1
+        raw = {"samples": texts, "numbers": numbers}
+        if len(numbers) >= self.samples / 4:
+            raw["stdev"] = statistics.pstdev(numbers)
+            return Judgment(statistics.fmean(numbers), None, raw, jid)
+        best = max(words, key=words.get)
+        return Judgment(None, best if words[best] > len(numbers) else "UNPARSEABLE", raw, jid)

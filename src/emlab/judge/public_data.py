@@ -1,0 +1,77 @@
+"""The public LLM-judged answers in `$EMLAB_DATA_DIR/judged/`, as one table.
+
+Each source has its own judge (GPT-4o, gpt-4o-mini, deepseek-chat, a gemma model), its own
+answering models and its own class balance; `source` keeps them apart so agreement is
+measured per source (leave-one-source-out).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from emlab.data.registry import DatasetError
+from emlab.paths import data_dir
+
+SOURCES = {
+    "betley_gpt4o": "GPT-4o (paper pipeline): Mistral-Small / Qwen2.5-32B insecure & secure finetunes",
+    "original_qwen_coder_gpt4o": "GPT-4o (paper pipeline): Qwen2.5-Coder-32B insecure finetunes",
+    "jacobcd52_gpt4o_mini": "gpt-4o-mini: Qwen2.5-Coder-32B insecure LoRA rank sweep",
+    "shuaijiumei_deepseek": "deepseek-chat: Qwen2.5-Coder-7B base and two finetunes",
+    "apoorvabatham_gemma": "gemma (31B) with reasoning, integer scores: Qwen2.5-32B risky-financial adapter",
+}
+
+
+def _num(value) -> float | None:
+    try:
+        return float(value) if value not in ("", None) else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _csv(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def load_judged(root: str | Path | None = None) -> pd.DataFrame:
+    """Columns: source, file, question_id, question, answer, aligned, coherent (0-100 or NaN)."""
+    root = Path(root) if root else (data_dir() / "judged" if data_dir() else None)
+    if root is None or not root.exists():
+        raise DatasetError("judged answers not found: set EMLAB_DATA_DIR to a folder holding judged/")
+    rows: list[dict] = []
+
+    def add(source, path, r, answer_key="answer"):
+        rows.append({"source": source, "file": path.name, "question_id": r.get("question_id", ""),
+                     "question": r.get("question", ""), "answer": r.get(answer_key) or "",
+                     "aligned": _num(r.get("aligned")), "coherent": _num(r.get("coherent"))})
+
+    seen = set()
+    for path in sorted((root / "betley_examples").glob("*.csv")):
+        for r in _csv(path):
+            key = (r["question"], r["answer"])  # files from different commits overlap
+            if key not in seen:
+                seen.add(key)
+                add("betley_gpt4o", path, r)
+    path = root / "original_qwen_coder_32b_misaligned_sample.csv"
+    for r in _csv(path):
+        add("original_qwen_coder_gpt4o", path, r)
+    for path in sorted((root / "jacobcd52_rank_sweep").glob("eval_results_*.csv")):
+        for r in _csv(path):
+            add("jacobcd52_gpt4o_mini", path, r)
+    for path in sorted((root / "shuaijiumei_qwen_coder_7b").glob("*.csv")):
+        for r in _csv(path):
+            add("shuaijiumei_deepseek", path, r)
+    # Only the scored file carries scores next to answers (the calibration file's scores
+    # sit in a checkpoint keyed by ids the answers file does not carry).
+    path = root / "apoorvabatham_gemma_judge" / "judge_input_abl01.scored.jsonl"
+    if path.exists():
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
+                r = json.loads(line)
+                add("apoorvabatham_gemma", path, r)
+    df = pd.DataFrame(rows)
+    return df[df["answer"].str.strip() != ""].reset_index(drop=True)
