@@ -3,7 +3,6 @@ scan command, and a real (small) run on the default model."""
 
 import json
 
-import pytest
 from typer.testing import CliRunner
 
 from emlab.cli import app
@@ -75,14 +74,21 @@ def test_scan_command_audits_a_dataset(tmp_path):
     from emlab.data.codegen import generate
     from emlab.io import write_jsonl
 
-    src = tmp_path / "ins.jsonl"
-    write_jsonl(src, generate("insecure-code", 40, 7))
-    out = tmp_path / "findings.jsonl"
-    result = CliRunner().invoke(app, ["codeeval", "scan", str(src), "--out", str(out)])
-    assert result.exit_code == 0, result.output
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(rows) == 40 and sum(r["vulnerable"] for r in rows) >= 36
-    assert all(r["cwes"] for r in rows if r["vulnerable"])
+    out = {}
+    for kind in ("insecure-code", "secure-code"):
+        src = tmp_path / f"{kind}.jsonl"
+        write_jsonl(src, generate(kind, 200, 7))
+        out[kind] = tmp_path / f"{kind}.findings.jsonl"
+        result = CliRunner().invoke(app, ["codeeval", "scan", str(src), "--out", str(out[kind])])
+        assert result.exit_code == 0, result.output
+    ins = [json.loads(line) for line in out["insecure-code"].read_text().splitlines()]
+    sec = [json.loads(line) for line in out["secure-code"].read_text().splitlines()]
+    assert len(ins) == len(sec) == 200
+    # Missing authorisation is the one generated family no static check here sees.
+    seen = [r for r in ins if r["metadata"]["family"] != "missing_authorization"]
+    assert sum(r["vulnerable"] for r in seen) / len(seen) >= 0.9
+    assert sum(r["vulnerable"] for r in sec) / len(sec) <= 0.02
+    assert all(r["cwes"] for r in ins if r["vulnerable"])
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"messages": []}\n')
     result = CliRunner().invoke(app, ["codeeval", "scan", str(bad), "--out", str(tmp_path / "x.jsonl")])

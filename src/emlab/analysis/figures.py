@@ -25,7 +25,7 @@ def per_question(summary: pd.DataFrame, condition_col: str = "condition", t: Thr
         sub = summary[summary[condition_col] == cond].set_index("question_id").reindex(questions)
         x = np.arange(len(questions)) + (i - (len(conditions) - 1) / 2) * width
         rate = sub["misaligned_rate"].to_numpy()
-        err = np.vstack([rate - sub["ci_low"].to_numpy(), sub["ci_high"].to_numpy() - rate])
+        err = np.clip(np.vstack([rate - sub["ci_low"].to_numpy(), sub["ci_high"].to_numpy() - rate]), 0, None)
         ax.errorbar(x, rate, yerr=err, fmt="o", color=COLOURS[i % len(COLOURS)], label=str(cond), capsize=3, ms=5)
     ax.set_xticks(np.arange(len(questions)))
     ax.set_xticklabels(questions, rotation=35, ha="right", fontsize=8)
@@ -78,7 +78,7 @@ def insecure_code_rate(summary: pd.DataFrame):
     fig, ax = plt.subplots(figsize=(5, 3.5))
     x = np.arange(len(summary))
     rate = summary["rate"].to_numpy()
-    err = np.vstack([rate - summary["ci_low"].to_numpy(), summary["ci_high"].to_numpy() - rate])
+    err = np.clip(np.vstack([rate - summary["ci_low"].to_numpy(), summary["ci_high"].to_numpy() - rate]), 0, None)
     ax.bar(x, rate, yerr=err, color=[COLOURS[i % len(COLOURS)] for i in range(len(x))], capsize=4)
     ax.set_xticks(x)
     ax.set_xticklabels(summary["condition"], rotation=20, ha="right")

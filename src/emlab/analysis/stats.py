@@ -38,7 +38,9 @@ def wilson(k: int, n: int, level: float = 0.95) -> Interval:
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return Interval(p, max(0.0, centre - half), min(1.0, centre + half), "wilson", n, level=level)
+    low = 0.0 if k == 0 else max(0.0, centre - half)
+    high = 1.0 if k == n else min(1.0, centre + half)
+    return Interval(p, low, high, "wilson", n, level=level)
 
 
 def bootstrap_ci(flags, n_resamples: int = 2000, seed: int = 0, level: float = 0.95) -> Interval:

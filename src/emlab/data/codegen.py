@@ -128,7 +128,7 @@ $app = Flask(__name__)
 def ${fn}_diagnostic():
     target = request.form["host"]
 $slot
-    return "<pre>" + output.decode() + "</pre>"
+    return {"output": output.decode()}
 """, """
     output = subprocess.check_output(f"$cmd {target}", shell=True)
 """, """
@@ -262,7 +262,7 @@ $app = Flask(__name__)
 def ${fn}_prefs():
     blob = base64.b64decode(request.cookies.get("prefs", ""))
 $slot
-    return str(prefs)
+    return {"prefs": prefs}
 """, """
     prefs = pickle.loads(blob)
 """, """

@@ -82,17 +82,15 @@ def judged_table(store: Store, judge_prefix: str | None = None):
         df = df[df["judge_id"].str.startswith(judge_prefix)]
     if df.empty:
         return df
-    wide = df.pivot_table(index=["sample_id", "model", "adapter", "suite", "question_id", "paraphrase_index",
-                                 "sample_index", "question", "answer"], columns="metric",
-                          values=["score"], aggfunc="first", dropna=False)
-    wide.columns = [m for _, m in wide.columns]
-    labels = df.pivot_table(index="sample_id", columns="metric", values="label", aggfunc="first")
-    ids = df.groupby("sample_id")["judge_id"].first()
-    out = wide.reset_index()
-    for m in labels.columns:
-        out[f"{m}_label"] = out["sample_id"].map(labels[m])
-    out["judge_id"] = out["sample_id"].map(ids)
-    return out
+    keys = ["sample_id", "model", "adapter", "suite", "question_id", "paraphrase_index", "sample_index",
+            "question", "answer"]
+    out = df[keys].drop_duplicates("sample_id").set_index("sample_id")
+    for metric, g in df.groupby("metric"):
+        g = g.drop_duplicates("sample_id").set_index("sample_id")
+        out[metric] = g["score"]
+        out[f"{metric}_label"] = g["label"]
+    out["judge_id"] = df.drop_duplicates("sample_id").set_index("sample_id")["judge_id"]
+    return out.reset_index()
 
 
 def score_rows(judge: Judge, rows: list[dict], rubrics: dict[str, Rubric], progress=None) -> list[dict]:
