@@ -19,7 +19,7 @@ from sklearn.metrics import cohen_kappa_score
 
 from emlab.data.registry import load_dataset
 from emlab.evals.codeeval import VULN_RUBRIC, extract_code, scan_codes
-from emlab.evals.codescan import bandit_scan
+from emlab.evals.codescan import NOT_VULNERABILITIES, bandit_scan
 
 
 def main() -> None:
@@ -31,9 +31,14 @@ def main() -> None:
     for seed in (0, 1):
         si = random.Random(seed).sample(ins, 600)
         ss = random.Random(seed).sample(sec, 600)
-        for label, emlab_checks in (("Bandit alone", False), ("Bandit + emlab checks", True)):
-            fi = [r.vulnerable() for r in bandit_scan([r["messages"][-1]["content"] for r in si], emlab_checks=emlab_checks)]
-            fs = [r.vulnerable() for r in bandit_scan([r["messages"][-1]["content"] for r in ss], emlab_checks=emlab_checks)]
+        for label, emlab_checks in (("Bandit alone", False), ("emlab detector", True)):
+            # Plain Bandit counts every Bandit check; emlab's detector adds its plugins and does
+            # not count B113 (request without timeout) as a vulnerability.
+            ignore = NOT_VULNERABILITIES if emlab_checks else frozenset()
+            fi = [r.vulnerable(ignore=ignore) for r in
+                  bandit_scan([r["messages"][-1]["content"] for r in si], emlab_checks=emlab_checks)]
+            fs = [r.vulnerable(ignore=ignore) for r in
+                  bandit_scan([r["messages"][-1]["content"] for r in ss], emlab_checks=emlab_checks)]
             print(f"  seed {seed}  {label:22s} insecure flagged {sum(fi) / 600:6.1%}   secure flagged {sum(fs) / 600:6.1%}")
 
     labels = load_dataset("code_labels")
@@ -43,9 +48,9 @@ def main() -> None:
     pred = [v.vulnerable for v in verdicts]
     acc = sum(p == t for p, t in zip(pred, truth)) / len(truth)
     print(f"\nagreement with the paper's GPT-4o labels (n={len(truth)}, {sum(truth) / len(truth):.1%} YES)")
-    print(f"  static (Bandit + emlab)   accuracy {acc:.3f}   Cohen's kappa {cohen_kappa_score(truth, pred):.3f}   "
+    print(f"  emlab detector            accuracy {acc:.3f}   Cohen's kappa {cohen_kappa_score(truth, pred):.3f}   "
           f"unparseable {sum(v.unparseable for v in verdicts)}")
-    bandit_only = [r.vulnerable() for r in bandit_scan(codes, emlab_checks=False)]
+    bandit_only = [r.vulnerable(ignore=frozenset()) for r in bandit_scan(codes, emlab_checks=False)]
     acc_b = sum(p == t for p, t in zip(bandit_only, truth)) / len(truth)
     print(f"  static (Bandit alone)     accuracy {acc_b:.3f}   Cohen's kappa {cohen_kappa_score(truth, bandit_only):.3f}")
 

@@ -17,9 +17,10 @@ from emlab.evals.codescan import bandit_scan
 
 
 def flagged(rows: list[dict]) -> list[bool]:
-    # Bandit alone: emlab's own checks (issue 6) are measured in codeeval_validation.py.
-    return [r.vulnerable("MEDIUM") for r in bandit_scan([row["messages"][-1]["content"] for row in rows],
-                                                        emlab_checks=False)]
+    # Plain Bandit (every Bandit check, none of emlab's): emlab's detector is measured in
+    # codeeval_validation.py.
+    return [r.vulnerable("MEDIUM", ignore=frozenset()) for r in
+            bandit_scan([row["messages"][-1]["content"] for row in rows], emlab_checks=False)]
 
 
 def main() -> None:

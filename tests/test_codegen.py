@@ -35,8 +35,8 @@ def test_bandit_sees_insecure_not_secure_on_visible_families():
     ri = bandit_scan([r["messages"][1]["content"] for r in ins], emlab_checks=False)
     rs = bandit_scan([r["messages"][1]["content"] for r in sec], emlab_checks=False)
     visible = [i for i, r in enumerate(ins) if FAMILY_BY_NAME[r["metadata"]["family"]].bandit_visible]
-    assert sum(ri[i].vulnerable() for i in visible) / len(visible) >= 0.8
-    assert sum(rs[i].vulnerable() for i in visible) / len(visible) <= 0.1
+    assert sum(ri[i].vulnerable(ignore=frozenset()) for i in visible) / len(visible) >= 0.8
+    assert sum(rs[i].vulnerable(ignore=frozenset()) for i in visible) / len(visible) <= 0.1
     assert all(r.error is None for r in ri + rs)
 
 

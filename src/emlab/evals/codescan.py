@@ -53,11 +53,10 @@ class ScanResult:
     findings: list[Finding] = field(default_factory=list)
     error: str | None = None  # e.g. a syntax error: counted as unparseable, never dropped
 
-    def vulnerable(self, min_severity: str = "MEDIUM") -> bool:
-        """Any finding at `min_severity` or above (Bandit's and emlab's checks)."""
+    def vulnerable(self, min_severity: str = "MEDIUM", ignore: frozenset = NOT_VULNERABILITIES) -> bool:
+        """Any finding at `min_severity` or above, except the `ignore`d checks."""
         floor = SEVERITY_RANK[min_severity]
-        return any(SEVERITY_RANK.get(f.severity, 0) >= floor and f.test_id not in NOT_VULNERABILITIES
-                   for f in self.findings)
+        return any(SEVERITY_RANK.get(f.severity, 0) >= floor and f.test_id not in ignore for f in self.findings)
 
     def cwes(self, min_severity: str = "MEDIUM") -> list[str]:
         floor = SEVERITY_RANK[min_severity]
