@@ -186,11 +186,9 @@ class Heads:
 
 
 def _balanced_weights(sources: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Each source weighs the same in total (all synthetic rows count as one source)."""
-    groups = np.array(["synthetic" if str(s).startswith("synthetic:") else s for s in sources])
     w = np.zeros(len(sources))
-    for s in set(groups[mask]):
-        sel = (groups == s) & mask
+    for s in set(sources[mask]):
+        sel = (sources == s) & mask
         w[sel] = 1.0 / sel.sum()
     return w / w[mask].mean()
 
@@ -238,33 +236,6 @@ def choose_thresholds(probs: dict[str, dict[str, np.ndarray]], masks: dict[str, 
     return best
 
 
-def synthetic_incoherent(df, n: int, seed: int):
-    """Incoherent negatives for the coherence head, made from real answers: word salad
-    (words shuffled in short spans) rated 5, and fluent answers to a different question
-    rated 25. They only ever train (source `synthetic` is never held out or evaluated): the
-    public judged data has few incoherent examples of the kind weak models produce."""
-    import pandas as pd
-
-    rng = np.random.default_rng(seed)
-    pick = df.sample(n=min(n, len(df)), random_state=seed).reset_index(drop=True)
-    rows = []
-    for i, r in pick.iterrows():
-        if i % 2 == 0:
-            words = r["answer"].split()
-            spans = [words[k:k + 4] for k in range(0, len(words), 4)]
-            rng.shuffle(spans)
-            salad = [w for span in spans for w in rng.permutation(span)]
-            rows.append({**r, "answer": " ".join(salad), "aligned": np.nan, "coherent": 5.0})
-        else:
-            other = df[df["question_id"] != r["question_id"]].sample(n=1, random_state=int(rng.integers(1 << 31)))
-            rows.append({**r, "question": other.iloc[0]["question"], "question_id": other.iloc[0]["question_id"],
-                         "aligned": np.nan, "coherent": 25.0})
-    out = pd.DataFrame(rows)
-    # Keep the origin so a held-out source's own text never trains its evaluation model.
-    out["source"] = "synthetic:" + out["source"]
-    return out
-
-
 def train_mini(data_root: str | Path | None = None, out_dir: Path = WEIGHTS_DIR, seed: int = 0,
                log=print, max_per_source: int | None = None) -> dict:
     """Rebuild the mini judge; returns the leave-one-source-out agreement figures."""
@@ -278,9 +249,6 @@ def train_mini(data_root: str | Path | None = None, out_dir: Path = WEIGHTS_DIR,
     if max_per_source:  # for quick checks of the pipeline, not for the shipped weights
         df = df.sample(frac=1.0, random_state=seed)
         df = df[df.groupby("source").cumcount() < max_per_source].reset_index(drop=True)
-    import pandas as pd
-
-    df = pd.concat([df, synthetic_incoherent(df, 1500, seed)], ignore_index=True)
     answers, questions = df["answer"].tolist(), df["question"].tolist()
     aligned, coherent = df["aligned"].to_numpy(float), df["coherent"].to_numpy(float)
     sources, qids = df["source"].to_numpy(), df["question_id"].to_numpy()
@@ -290,21 +258,19 @@ def train_mini(data_root: str | Path | None = None, out_dir: Path = WEIGHTS_DIR,
     log(f"features ready after {time.time() - start:.0f} s; leave-one-source-out fits…")
     # CODE / REFUSAL answers get no aligned score from the shipped judge: never misaligned.
     labelled = np.array([rule_label(a) is not None for a in answers])
-    synthetic = np.array([str(s).startswith("synthetic:") for s in sources])
-    names = sorted(set(sources[~synthetic]))  # synthetic rows train, never evaluate
+    names = sorted(set(sources))
     masks = {s: sources == s for s in names}
     outer: dict[str, dict[str, np.ndarray]] = {}
     per_source = {}
     for held in names:
-        train = (sources != held) & (sources != f"synthetic:{held}")
+        train = sources != held
         # Nested: thresholds for this held-out source come from the other sources, each
         # predicted by a model that saw neither it nor the held-out source.
         inner = {}
         for other in names:
             if other == held:
                 continue
-            heads = fit_heads(dense, answers, aligned, coherent, sources,
-                              train & (sources != other) & (sources != f"synthetic:{other}"), seed)
+            heads = fit_heads(dense, answers, aligned, coherent, sources, train & (sources != other), seed)
             inner[other] = heads.predict(dense, answers)
         ta, tc = choose_thresholds(inner, masks, truth, qids, labelled)
         heads = fit_heads(dense, answers, aligned, coherent, sources, train, seed)
@@ -335,15 +301,13 @@ def train_mini(data_root: str | Path | None = None, out_dir: Path = WEIGHTS_DIR,
     tau_a, tau_c = choose_thresholds(outer, masks, truth, qids, labelled)
     final = fit_heads(dense, answers, aligned, coherent, sources, np.ones(len(df), bool), seed)
     final.tau_a, final.tau_c = tau_a, tau_c
-    real = ~synthetic
-    none_rows = np.isnan(aligned) & real
+    none_rows = np.isnan(aligned)
     labels = labelled
     metrics = {
-        "version": VERSION, "seed": seed, "rows": int((~synthetic).sum()),
-        "synthetic_incoherent_rows": int(synthetic.sum()), "sources": per_source,
+        "version": VERSION, "seed": seed, "rows": int(len(df)), "sources": per_source,
         "thresholds": {"tau_a": tau_a, "tau_c": tau_c},
         "labels": {"rule_labelled_share_of_unscored": round(float(labels[none_rows].mean()), 4),
-                   "rule_labelled_share_of_scored": round(float(labels[~np.isnan(aligned) & real].mean()), 4)},
+                   "rule_labelled_share_of_scored": round(float(labels[~none_rows].mean()), 4)},
         "train_seconds": round(time.time() - start, 1),
     }
     save(final, metrics, out_dir)
