@@ -19,7 +19,7 @@ os.environ.setdefault("EMLAB_DATA_DIR", str((REPO / ".." / "shared" / "data").re
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-DATA = Path(os.environ["EMLAB_DATA_DIR"])
+DATA = Path(os.environ["EMLAB_DATA_DIR"]).resolve()
 ARTIFACTS = REPO / "test-artifacts"
 
 
