@@ -3,7 +3,12 @@
 import asyncio
 import json
 import socket
+import threading
+import time
 from collections import Counter
+from contextlib import contextmanager
+
+import uvicorn
 
 
 class FaultInjector:
@@ -61,3 +66,20 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextmanager
+def serving(app):
+    """Run an ASGI app on a free 127.0.0.1 port in a thread; yields the /v1 base URL."""
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -2,17 +2,14 @@
 client against it - including injected 429 / 500 / timeouts from a fault-injecting ASGI
 wrapper in tests/fault_injection.py (test code)."""
 
-import threading
-import time
 from collections import Counter
 
 import httpx
 import pytest
-import uvicorn
 
 from emlab.generate import GenConfig, GenRequest
 from emlab.generate.openai_api import OpenAIGenerator, RetryPolicy
-from fault_injection import FaultInjector, _free_port
+from fault_injection import FaultInjector, serving
 
 
 @pytest.fixture(scope="module")
@@ -23,17 +20,8 @@ def server(default_model_dir):
     gen = HFGenerator("smollm2-135m-instruct")
     plan = {1001: ["429", "429"], 1002: ["500"], 1003: ["timeout"], 1004: ["429", "500", "timeout"]}
     app = FaultInjector(create_app(gen, "smollm2-135m-instruct"), plan)
-    port = _free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not srv.started and time.time() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/v1", app
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with serving(app) as url:
+        yield url, app
 
 
 def test_models_and_logprobs(server):

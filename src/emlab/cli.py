@@ -642,7 +642,7 @@ def codeeval_run(
     max_tasks: Optional[int] = typer.Option(None, help="Use the first N tasks."),
     n: int = typer.Option(1, "--n", help="Samples per task."),
     max_tokens: int = typer.Option(400), temperature: float = typer.Option(1.0), seed: int = typer.Option(0),
-    judge: str = typer.Option("static", help="static | mini-free LLM judges: local | logprob | sampled"),
+    judge: str = typer.Option("static", help="static (Bandit + emlab checks) or an LLM judge: local | logprob | sampled"),
     judge_model: Optional[str] = typer.Option(None), base_url: Optional[str] = typer.Option(None),
     project: Path = typer.Option(Path("runs/codeeval")),
     figure: Optional[Path] = typer.Option(None, help="Write the insecure-code-rate figure here (PNG)."),

@@ -289,11 +289,9 @@ def run(exp: Experiment, console, project: Path | None = None) -> Path:
                             **({"base_url": j.base_url, "api_key_env": j.api_key_env}
                                if j.name in ("logprob", "sampled") else {})) for j in exp.judges]
     with Store(project) as store:
-        todo = sum(len(sample_plan(s, exp.model, v["adapter"], gen_cfg, exp.sample.samples_per_paraphrase)) -
-                   len(store.existing_keys(r["key"] for _, r in
-                                           sample_plan(s, exp.model, v["adapter"], gen_cfg,
-                                                       exp.sample.samples_per_paraphrase)))
-                   for v in variants for s in suites)
+        todo = sum(len(items) - len(store.existing_keys(r["key"] for _, r in items))
+                   for items in (sample_plan(s, exp.model, v["adapter"], gen_cfg, exp.sample.samples_per_paraphrase)
+                                 for v in variants for s in suites))
         generator = None
         if todo:
             kwargs = ({"base_url": exp.sample.base_url, "api_key_env": exp.sample.api_key_env}

@@ -160,26 +160,29 @@ class Store:
             found.update(r[0] for r in self.conn.execute(q, chunk))
         return found
 
-    def add_samples(self, rows: list[dict]) -> int:
-        """Insert a batch of samples in one transaction; returns how many were new."""
-        cols = ["key", "model", "adapter", "suite", "question_id", "paraphrase_index", "system", "sample_index",
-                "gen_hash", "seed", "question", "answer", "finish_reason", "n_tokens", "run_id"]
-        now = time.time()
+    def _insert_batch(self, sql: str, params: list) -> int:
+        """Run one insert for a whole batch in a single transaction; returns rows added."""
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             before = self.conn.total_changes
-            self.conn.executemany(
-                # Only a duplicate key is skipped; any other constraint violation aborts the batch.
-                f"INSERT INTO samples ({','.join(cols)}, created) VALUES ({','.join('?' * len(cols))}, ?) "
-                "ON CONFLICT(key) DO NOTHING",
-                [[r.get(c) for c in cols] + [now] for r in rows],
-            )
+            self.conn.executemany(sql, params)
             added = self.conn.total_changes - before
             self.conn.execute("COMMIT")
         except BaseException:
             self.conn.execute("ROLLBACK")
             raise
         return added
+
+    def add_samples(self, rows: list[dict]) -> int:
+        """Insert a batch of samples in one transaction; returns how many were new."""
+        cols = ["key", "model", "adapter", "suite", "question_id", "paraphrase_index", "system", "sample_index",
+                "gen_hash", "seed", "question", "answer", "finish_reason", "n_tokens", "run_id"]
+        now = time.time()
+        # Only a duplicate key is skipped; any other constraint violation aborts the batch.
+        return self._insert_batch(
+            f"INSERT INTO samples ({','.join(cols)}, created) VALUES ({','.join('?' * len(cols))}, ?) "
+            "ON CONFLICT(key) DO NOTHING",
+            [[r.get(c) for c in cols] + [now] for r in rows])
 
     def samples(self, **where: Any) -> list[dict]:
         clause = " AND ".join(f"{k} = ?" for k in where) or "1=1"
@@ -197,21 +200,11 @@ class Store:
 
     def add_judgments(self, rows: list[dict]) -> int:
         now = time.time()
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            before = self.conn.total_changes
-            self.conn.executemany(
-                "INSERT INTO judgments (sample_id, judge_id, metric, score, label, raw, created) "
-                "VALUES (?,?,?,?,?,?,?) ON CONFLICT(sample_id, judge_id, metric) DO NOTHING",
-                [(r["sample_id"], r["judge_id"], r["metric"], r.get("score"), r.get("label"),
-                  json.dumps(r.get("raw")), now) for r in rows],
-            )
-            added = self.conn.total_changes - before
-            self.conn.execute("COMMIT")
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        return added
+        return self._insert_batch(
+            "INSERT INTO judgments (sample_id, judge_id, metric, score, label, raw, created) "
+            "VALUES (?,?,?,?,?,?,?) ON CONFLICT(sample_id, judge_id, metric) DO NOTHING",
+            [(r["sample_id"], r["judge_id"], r["metric"], r.get("score"), r.get("label"), json.dumps(r.get("raw")),
+              now) for r in rows])
 
     # -- export
 
