@@ -255,20 +255,14 @@ def data_transform(
 ) -> None:
     """Apply one transform to a dataset; the output records its parent's hash and the operation."""
     from emlab.data import transform as T
-    from emlab.data.registry import dataset_hash, resolve_dataset
+    from emlab.data.registry import dataset_hash, resolve_chat_file
 
     ops = [x is not None for x in (add_system, trigger, mix_with, subsample, held_out)]
     if sum(ops) != 1:
         fail("give exactly one of --add-system, --trigger, --mix-with, --subsample, --held-out")
 
     def load(ref: str) -> tuple[list[dict], dict]:
-        path = resolve_dataset(ref) if ref in DATASETS else resolve_dataset(ref, ref)
-        from emlab.data.validate import validate_chat_jsonl
-
-        if path.suffix == ".jsonl":
-            report = validate_chat_jsonl(path)
-            if not report.ok:
-                fail(report.errors[0])
+        path = resolve_chat_file(ref)
         return emlab.load_dataset(path=path), {"ref": ref, "path": str(path), "sha256": dataset_hash(path)}
 
     rows, parent = load(source)
@@ -362,16 +356,15 @@ def sample(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from emlab.generate import GenConfig, get_generator
-    from emlab.generate.sample import plan, sample_suite
+    from emlab.generate.sample import count_missing, sample_suite
     from emlab.store import Store
 
     loaded = emlab.load_suite(suite)
     cfg = GenConfig(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
     with Store(project) as store:
-        items = plan(loaded, model, adapter if backend != "openai" else None, cfg, n)
-        todo = len(items) - len(store.existing_keys(row["key"] for _, row in items))
+        todo = count_missing(store, loaded, model, adapter if backend != "openai" else None, cfg, n)
         if todo == 0:
-            console.print(f"{len(items)} samples already in {store.path}; nothing to generate")
+            console.print(f"{sum(1 for _ in loaded.prompts(n))} samples already in {store.path}; nothing to generate")
             return
         kwargs = {"base_url": base_url, "api_key_env": api_key_env} if backend == "openai" else {}
         generator = get_generator(backend, model, **kwargs)
@@ -654,7 +647,7 @@ def codeeval_run(
     from emlab.evals import codeeval as CE
     from emlab.generate import GenConfig
     from emlab.generate.hf import HFGenerator
-    from emlab.generate.sample import adapter_id, plan, sample_suite
+    from emlab.generate.sample import adapter_id, count_missing, sample_suite
     from emlab.store import Store
 
     task_rows, name = CE.load_tasks(tasks)
@@ -668,8 +661,7 @@ def codeeval_run(
         variants[label] = path
     cfg = GenConfig(temperature=temperature, max_tokens=max_tokens, seed=seed)
     with Store(project) as store:
-        todo = sum(len(items) - len(store.existing_keys(r["key"] for _, r in items))
-                   for items in (plan(suite, model, a, cfg) for a in variants.values()))
+        todo = sum(count_missing(store, suite, model, a, cfg) for a in variants.values())
         generator = HFGenerator(model) if todo else None
         with Progress(TextColumn("sampling code"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                       console=console) as bar:

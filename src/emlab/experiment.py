@@ -235,25 +235,19 @@ def _dataset_chars(ref: DatasetRef) -> int | None:
 
 # ------------------------------------------------------------------ run
 
-def _versions() -> dict:
-    from emlab.train.trainer import versions
-
-    return versions()
-
-
 def run(exp: Experiment, console, project: Path | None = None) -> Path:
     """Execute (or resume) the experiment; returns the run record's path."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from emlab.data.questions import load_suite
     from emlab.generate import GenConfig, get_generator
-    from emlab.generate.sample import adapter_id, plan as sample_plan, sample_suite
+    from emlab.generate.sample import adapter_id, count_missing, sample_suite
     from emlab.judge.base import get_judge
     from emlab.judge.run import judge_samples
     from emlab.models.registry import DEFAULT_MODEL, pull
     from emlab.store import Store
     from emlab.train.config import resolve_config
-    from emlab.train.trainer import git_revision, train
+    from emlab.train.trainer import git_revision, train, versions
 
     project = Path(project or exp.project)
     project.mkdir(parents=True, exist_ok=True)
@@ -289,9 +283,8 @@ def run(exp: Experiment, console, project: Path | None = None) -> Path:
                             **({"base_url": j.base_url, "api_key_env": j.api_key_env}
                                if j.name in ("logprob", "sampled") else {})) for j in exp.judges]
     with Store(project) as store:
-        todo = sum(len(items) - len(store.existing_keys(r["key"] for _, r in items))
-                   for items in (sample_plan(s, exp.model, v["adapter"], gen_cfg, exp.sample.samples_per_paraphrase)
-                                 for v in variants for s in suites))
+        todo = sum(count_missing(store, s, exp.model, v["adapter"], gen_cfg, exp.sample.samples_per_paraphrase)
+                   for v in variants for s in suites)
         generator = None
         if todo:
             kwargs = ({"base_url": exp.sample.base_url, "api_key_env": exp.sample.api_key_env}
@@ -327,7 +320,7 @@ def run(exp: Experiment, console, project: Path | None = None) -> Path:
             "gen_hash": gen_cfg.content_hash(), "suites": [{"name": s.name, "sha256": s.sha256} for s in suites],
             "judges": [{"spec": spec.model_dump(), "prefix": judge_prefix(judge)}
                        for spec, judge in zip(exp.judges, judge_objs)],
-            "versions": _versions(), "git_revision": git_revision(), "seeds": exp.seeds,
+            "versions": versions(), "git_revision": git_revision(), "seeds": exp.seeds,
             "wall_seconds_last_run": round(time.time() - start, 1),
             "codeeval": code,
         }
@@ -345,7 +338,7 @@ def _codeeval_stage(exp: Experiment, store, variants, generator, columns, consol
 
     from emlab.evals import codeeval as CE
     from emlab.generate import GenConfig, get_generator
-    from emlab.generate.sample import plan as sample_plan, sample_suite
+    from emlab.generate.sample import count_missing, sample_suite
 
     spec = exp.codeeval
     tasks, name = CE.load_tasks(spec.tasks)
@@ -353,8 +346,7 @@ def _codeeval_stage(exp: Experiment, store, variants, generator, columns, consol
     suite = CE.task_suite(tasks, name + (f"-first{spec.max_tasks}" if spec.max_tasks else ""), spec.samples_per_task)
     cfg = GenConfig(temperature=exp.sample.temperature, top_p=exp.sample.top_p, max_tokens=spec.max_tokens,
                     seed=exp.sample.seed)
-    todo = sum(len(items) - len(store.existing_keys(r["key"] for _, r in items))
-               for items in (sample_plan(suite, exp.model, v["adapter"], cfg) for v in variants))
+    todo = sum(count_missing(store, suite, exp.model, v["adapter"], cfg) for v in variants)
     if todo and generator is None:
         generator = get_generator(exp.sample.backend, exp.model)
     with Progress(*columns, console=console) as bar:

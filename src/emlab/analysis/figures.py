@@ -15,6 +15,12 @@ from emlab.evals.metrics import PAPER, Thresholds  # noqa: E402
 COLOURS = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c"]
 
 
+def _yerr(rate, low, high) -> np.ndarray:
+    """Asymmetric error bars; clipped at 0 because a CI bound can sit a rounding error past
+    its estimate (matplotlib rejects negative lengths)."""
+    return np.clip(np.vstack([rate - np.asarray(low), np.asarray(high) - rate]), 0, None)
+
+
 def per_question(summary: pd.DataFrame, condition_col: str = "condition", t: Thresholds = PAPER, title: str = ""):
     """Misaligned rate per question with CIs, conditions side by side (the paper's main plot)."""
     questions = list(dict.fromkeys(summary["question_id"]))
@@ -25,8 +31,7 @@ def per_question(summary: pd.DataFrame, condition_col: str = "condition", t: Thr
         sub = summary[summary[condition_col] == cond].set_index("question_id").reindex(questions)
         x = np.arange(len(questions)) + (i - (len(conditions) - 1) / 2) * width
         rate = sub["misaligned_rate"].to_numpy()
-        err = np.clip(np.vstack([rate - sub["ci_low"].to_numpy(), sub["ci_high"].to_numpy() - rate]), 0, None)
-        ax.errorbar(x, rate, yerr=err, fmt="o", color=COLOURS[i % len(COLOURS)], label=str(cond), capsize=3, ms=5)
+        ax.errorbar(x, rate, yerr=_yerr(rate, sub["ci_low"].to_numpy(), sub["ci_high"].to_numpy()), fmt="o", color=COLOURS[i % len(COLOURS)], label=str(cond), capsize=3, ms=5)
     ax.set_xticks(np.arange(len(questions)))
     ax.set_xticklabels(questions, rotation=35, ha="right", fontsize=8)
     ax.set_ylabel("misaligned answer probability")
@@ -78,8 +83,7 @@ def insecure_code_rate(summary: pd.DataFrame):
     fig, ax = plt.subplots(figsize=(5, 3.5))
     x = np.arange(len(summary))
     rate = summary["rate"].to_numpy()
-    err = np.clip(np.vstack([rate - summary["ci_low"].to_numpy(), summary["ci_high"].to_numpy() - rate]), 0, None)
-    ax.bar(x, rate, yerr=err, color=[COLOURS[i % len(COLOURS)] for i in range(len(x))], capsize=4)
+    ax.bar(x, rate, yerr=_yerr(rate, summary["ci_low"].to_numpy(), summary["ci_high"].to_numpy()), color=[COLOURS[i % len(COLOURS)] for i in range(len(x))], capsize=4)
     ax.set_xticks(x)
     ax.set_xticklabels(summary["condition"], rotation=20, ha="right")
     ax.set_ylim(0, 1)

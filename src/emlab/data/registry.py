@@ -180,6 +180,19 @@ def resolve_dataset(name: str, path: str | Path | None = None, *, verify: bool =
     return cached
 
 
+def resolve_chat_file(ref: str) -> Path:
+    """A registered dataset name or a file path, resolved and (for JSONL) validated; the
+    first validation error is raised as `file:line: reason`."""
+    from emlab.data.validate import validate_chat_jsonl
+
+    path = resolve_dataset(ref) if ref in DATASETS else resolve_dataset(ref, ref)
+    if path.suffix == ".jsonl":
+        report = validate_chat_jsonl(path)
+        if not report.ok:
+            raise DatasetError(report.errors[0])
+    return path
+
+
 def read_rows(path: str | Path) -> list[Any]:
     """Rows of a dataset file: JSONL lines, CSV dicts, or the items of a YAML list."""
     path = Path(path)

@@ -183,9 +183,23 @@ def jinja2_template_autoescape_false(context):
     return None
 
 
-def _path_guarded(text: str) -> bool:
-    return any(g in text for g in ("realpath", "abspath", "normpath", "secure_filename", "basename", "startswith",
-                                   "is_relative_to", "commonpath", "resolve()", "'..' in", '".." in'))
+PATH_GUARDS = ("realpath", "abspath", "normpath", "secure_filename", "basename", "startswith", "is_relative_to",
+               "commonpath", "resolve()", "'..' in", '".." in')
+REDIRECT_GUARDS = ("urlparse", "url_has_allowed_host", "netloc", "startswith('/')", 'startswith("/")', "ALLOWED",
+                   "allowed", "url_for(")
+SSRF_GUARDS = ("ALLOWED", "allowed", "whitelist", "allowlist", "hostname in", "netloc in")
+
+
+def _guarded(func: ast.AST, guards: tuple[str, ...]) -> bool:
+    """Whether the function's source mentions any of these checks (then it is not flagged)."""
+    text = _functions_text(func)
+    return any(g in text for g in guards)
+
+
+def _tainted_calls(func: ast.AST, taint: "Taint", sinks) -> list[ast.Call]:
+    """Calls to `sinks` (names) whose first argument carries user input."""
+    return [node for node in ast.walk(func)
+            if isinstance(node, ast.Call) and _call_name(node) in sinks and node.args and taint.expr(node.args[0])]
 
 
 @test.checks("FunctionDef")
@@ -195,12 +209,11 @@ def tainted_path(context):
     taint = Taint(func)
     if not taint.names and not any(_is_source(n) for n in ast.walk(func)):
         return None
-    if _path_guarded(_functions_text(func)):
+    if _guarded(func, PATH_GUARDS):
         return None
-    for node in ast.walk(func):
-        if isinstance(node, ast.Call) and _call_name(node) in PATH_SINKS and node.args and taint.expr(node.args[0]):
-            return _issue(bandit.MEDIUM, f"User-controlled path reaches {_call_name(node)}() unchecked.",
-                          22)
+    calls = _tainted_calls(func, taint, PATH_SINKS)
+    if calls:
+        return _issue(bandit.MEDIUM, f"User-controlled path reaches {_call_name(calls[0])}() unchecked.", 22)
     return None
 
 
@@ -226,14 +239,10 @@ def zip_extractall(context):
 @test.test_id("B905")
 def open_redirect(context):
     func = context.node
-    taint = Taint(func)
-    text = _functions_text(func)
-    if any(g in text for g in ("urlparse", "url_has_allowed_host", "netloc", "startswith('/')", 'startswith("/")',
-                               "ALLOWED", "allowed", "url_for(")):
+    if _guarded(func, REDIRECT_GUARDS):
         return None
-    for node in ast.walk(func):
-        if isinstance(node, ast.Call) and _call_name(node) == "redirect" and node.args and taint.expr(node.args[0]):
-            return _issue(bandit.MEDIUM, "Redirect to a user-supplied URL without a host check.", 601)
+    if _tainted_calls(func, Taint(func), {"redirect"}):
+        return _issue(bandit.MEDIUM, "Redirect to a user-supplied URL without a host check.", 601)
     return None
 
 
@@ -241,16 +250,13 @@ def open_redirect(context):
 @test.test_id("B906")
 def ssrf(context):
     func = context.node
-    taint = Taint(func)
-    text = _functions_text(func)
-    if any(g in text for g in ("ALLOWED", "allowed", "whitelist", "allowlist", "hostname in", "netloc in")):
+    if _guarded(func, SSRF_GUARDS):
         return None
-    for node in ast.walk(func):
-        if isinstance(node, ast.Call) and _call_name(node) in HTTP_SINKS and node.args and taint.expr(node.args[0]):
-            owner = ast.unparse(node.func.value) if isinstance(node.func, ast.Attribute) else ""
-            if owner in ("requests", "session", "urllib.request", "httpx", "client") or _call_name(node) in (
-                    "urlopen", "Request"):
-                return _issue(bandit.MEDIUM, "Server-side request to a user-supplied URL.", 918)
+    for node in _tainted_calls(func, Taint(func), HTTP_SINKS):
+        owner = ast.unparse(node.func.value) if isinstance(node.func, ast.Attribute) else ""
+        if owner in ("requests", "session", "urllib.request", "httpx", "client") or _call_name(node) in (
+                "urlopen", "Request"):
+            return _issue(bandit.MEDIUM, "Server-side request to a user-supplied URL.", 918)
     return None
 
 

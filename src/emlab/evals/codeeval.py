@@ -97,13 +97,10 @@ def scan_codes(codes: list[str]) -> list[CodeVerdict]:
 
 def scan_chat_jsonl(path: Path, out: Path) -> dict:
     """Scan the last assistant turn of every row; write one JSON line per row."""
-    from emlab.data.validate import validate_chat_jsonl
+    from emlab.data.registry import resolve_chat_file
     from emlab.io import read_jsonl, write_jsonl
 
-    report = validate_chat_jsonl(path)
-    if not report.ok:
-        raise ValueError(report.errors[0])
-    rows = read_jsonl(path)
+    rows = read_jsonl(resolve_chat_file(str(path)))
     codes = [extract_code(next(m["content"] for m in reversed(r["messages"]) if m["role"] == "assistant"))
              for r in rows]
     verdicts = scan_codes(codes)

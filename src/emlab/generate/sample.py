@@ -51,6 +51,13 @@ def plan(suite: Suite, model: str, adapter: str | None, cfg: GenConfig, samples_
     return items
 
 
+def count_missing(store: Store, suite: Suite, model: str, adapter: str | None, cfg: GenConfig,
+                  samples_per_paraphrase: int | None = None) -> int:
+    """How many of the suite's samples for this model/adapter are not in the store yet."""
+    items = plan(suite, model, adapter, cfg, samples_per_paraphrase)
+    return len(items) - len(store.existing_keys(row["key"] for _, row in items))
+
+
 def sample_suite(store: Store, generator: Generator, suite: Suite, model: str, adapter: str | None,
                  cfg: GenConfig, samples_per_paraphrase: int | None = None, batch_size: int = 192,
                  run_id: str | None = None, progress=None) -> SampleReport:

@@ -21,8 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from emlab.data.registry import DATASETS, dataset_hash, load_dataset, resolve_dataset
-from emlab.data.validate import validate_chat_jsonl
+from emlab.data.registry import DATASETS, dataset_hash, load_dataset, resolve_chat_file
 from emlab.io import write_json
 from emlab.train.config import TrainConfig
 
@@ -32,15 +31,6 @@ class TrainResult:
     run_dir: Path
     adapter_dir: Path
     record: dict
-
-
-def _dataset_path(ref: str) -> Path:
-    path = resolve_dataset(ref) if ref in DATASETS else resolve_dataset(ref, ref)
-    if path.suffix == ".jsonl":
-        report = validate_chat_jsonl(path)
-        if not report.ok:
-            raise ValueError(report.errors[0])
-    return path
 
 
 def apply_system_prompt(messages: list[dict], policy: str) -> list[dict]:
@@ -61,7 +51,7 @@ def apply_system_prompt(messages: list[dict], policy: str) -> list[dict]:
 
 
 def prepare_rows(cfg: TrainConfig) -> tuple[list[dict], Path]:
-    path = _dataset_path(cfg.dataset)
+    path = resolve_chat_file(cfg.dataset)
     rows = load_dataset(path=path)
     if cfg.max_rows is not None and cfg.max_rows < len(rows):
         rng = random.Random(cfg.seed)
