@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.emlab-installed
 EMLAB_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: setup quickstart test test-slow bench clean
+.PHONY: setup test-deps quickstart test test-slow bench clean
 
 setup: $(STAMP)
 
@@ -24,14 +24,22 @@ $(STAMP): pyproject.toml
 quickstart: $(STAMP)
 	$(BIN)/emlab quickstart
 
-test: $(STAMP)
+# What the tests need beyond Python packages: Debian's Chromium for the report test (no
+# browser download). The one place it is installed; `make test` and CI both come here.
+test-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium for the report test"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || { \
+	  echo "error: the report test needs Debian's chromium: run 'sudo apt-get install chromium'"; exit 1; }
+
+test: $(STAMP) test-deps
 	EMLAB_DATA_DIR=$(EMLAB_DATA_DIR) $(BIN)/python -m pytest -q
 
-test-slow: $(STAMP)
+test-slow: $(STAMP) test-deps
 	EMLAB_DATA_DIR=$(EMLAB_DATA_DIR) $(BIN)/python -m pytest -q --runslow
 
 # CPU benchmarks (benchmarks/gpu_smoke.py needs a CUDA device and is run by hand there).
-BENCHMARKS := codegen_bandit train_throughput sampling_throughput codeeval_validation
+BENCHMARKS := codegen_bandit model_load train_throughput sampling_throughput codeeval_validation
 
 bench: $(STAMP)
 	for b in $(BENCHMARKS); do EMLAB_DATA_DIR=$(EMLAB_DATA_DIR) $(BIN)/python benchmarks/$$b.py || exit 1; done

@@ -19,7 +19,7 @@ from sklearn.metrics import cohen_kappa_score
 
 from emlab.data.registry import load_dataset
 from emlab.evals.codeeval import VULN_RUBRIC, extract_code, scan_codes
-from emlab.evals.codescan import NOT_VULNERABILITIES, bandit_scan
+from emlab.evals.bandit_runner import NOT_VULNERABILITIES, bandit_scan
 
 
 def main() -> None:
@@ -57,16 +57,17 @@ def main() -> None:
     if args.judge_rows:
         from emlab.judge.base import Rubric
         from emlab.judge.local import LocalJudge
+        from emlab.misaligned import INSECURE_AT
 
         idx = random.Random(0).sample(range(len(labels)), args.judge_rows)
         judge = LocalJudge("smollm2-135m-instruct", batch_size=2)
         res = judge.score_many([(labels[i]["question"], codes[i]) for i in idx], Rubric("insecure", VULN_RUBRIC))
         scored = [(truth[i], r.score) for i, r in zip(idx, res) if r.score is not None]
         jt = [t for t, _ in scored]
-        jp = [s > 50 for _, s in scored]
+        jp = [s >= INSECURE_AT for _, s in scored]
         print(f"  local judge SmolLM2-135M  accuracy {sum(a == b for a, b in zip(jt, jp)) / max(1, len(jt)):.3f}   "
               f"Cohen's kappa {cohen_kappa_score(jt, jp):.3f}   (n={len(jt)} of {args.judge_rows} scored; "
-              f"threshold 50)")
+              f"vulnerable at score >= {INSECURE_AT:g})")
         frame = pd.DataFrame({"truth": jt, "score": [s for _, s in scored]})
         print(f"  local judge mean score: YES rows {frame[frame.truth].score.mean():.1f}, "
               f"NO rows {frame[~frame.truth].score.mean():.1f}")

@@ -13,7 +13,7 @@ from collections import defaultdict
 
 from emlab.data.codegen import FAMILY_BY_NAME, generate
 from emlab.data.registry import load_dataset
-from emlab.evals.codescan import bandit_scan
+from emlab.evals.bandit_runner import bandit_scan
 
 
 def flagged(rows: list[dict]) -> list[bool]:

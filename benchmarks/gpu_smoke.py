@@ -50,7 +50,7 @@ def main() -> None:
     print("same seed, same answer (cuda):", [a.text == b.text for a, b in zip(res[:3], again)])
 
     from emlab.data.codegen import generate
-    from emlab.io import write_jsonl
+    from emlab.files import write_jsonl
     from emlab.train.config import resolve_config
     from emlab.train.trainer import train
 

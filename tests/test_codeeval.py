@@ -72,7 +72,7 @@ def test_paper_tasks_load(data_dir):
 
 def test_scan_command_audits_a_dataset(tmp_path):
     from emlab.data.codegen import generate
-    from emlab.io import write_jsonl
+    from emlab.files import write_jsonl
 
     out = {}
     for kind in ("insecure-code", "secure-code"):

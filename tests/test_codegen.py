@@ -6,7 +6,7 @@ from typer.testing import CliRunner
 from emlab.cli import app
 from emlab.data.codegen import FAMILIES, FAMILY_BY_NAME, SLOT, generate
 from emlab.data.validate import validate_chat_jsonl
-from emlab.evals.codescan import bandit_scan
+from emlab.evals.bandit_runner import bandit_scan
 
 
 def test_families_and_determinism():

@@ -25,7 +25,7 @@ def test_vllm_request_building(tmp_path):
     a = tmp_path / "adapter_a"
     a.mkdir()
     msgs = ({"role": "user", "content": "hi"},)
-    specs = build_requests([GenRequest(msgs, 7, None), GenRequest(msgs, 2 ** 40 + 3, str(a))],
+    specs = build_requests([GenRequest(msgs, 7), GenRequest(msgs, 2 ** 40 + 3, adapter_path=str(a))],
                            GenConfig(max_tokens=50))
     assert specs[0]["lora"] is None
     assert specs[0]["sampling"] == {"temperature": 1.0, "top_p": 1.0, "max_tokens": 50, "seed": 7, "n": 1}

@@ -22,4 +22,5 @@ def test_injection_set_shape():
     items = injected_items()
     assert len(items) == len(INJECTIONS) * 12
     for name, question, clean, dirty, bad in items:
-        assert clean in dirty and dirty != clean
+        # the injected answer is the template filled with the clean one, and differs from it
+        assert dirty == INJECTIONS[name].replace("{answer}", clean) and dirty != clean

@@ -41,7 +41,10 @@ def test_logprob_judge_against_local_server_with_retries(served):
         probs = r.raw["top_probs"]
         assert 0 < len(probs) <= 20 and all(0 <= p <= 1 for p in probs.values())
         assert (r.score is None) != (r.label is None)
-        assert r.judge_id == f"logprob:smollm2-135m-instruct@{url.split('//')[1].split('/')[0]}:aligned#{rubric.sha256[:10]}"
+        host = url.split('//')[1].split('/')[0]
+        assert r.judge_id == judge.identity.judge_id(rubric)
+        assert r.judge_id.startswith(f"logprob:smollm2-135m-instruct@{host}#") and r.judge_id.endswith(
+            f":aligned#{rubric.sha256[:10]}")
     assert app.faults["429"] == 1 and app.faults["500"] == 1
     again = judge.score_many(ITEMS, rubric)  # deterministic: temperature 0, seed 0
     assert [r.raw["top_probs"] for r in again] == [r.raw["top_probs"] for r in results]
@@ -70,6 +73,9 @@ def test_local_judge_whole_number_probabilities(default_model_dir):
     assert probs[cand] == pytest.approx(float(torch.tensor(direct).exp()), rel=1e-3)
     js = judge.score_many(ITEMS, builtin_rubric_set()["aligned"])
     assert all(j.judge_id.startswith("local:smollm2-135m-instruct@sha256:") for j in js)
+    raw = LocalJudge("smollm2-135m-instruct", delimit=False)
+    rubric = builtin_rubric_set()["aligned"]
+    assert raw.identity.judge_id(rubric) != judge.identity.judge_id(rubric)  # raw prompts never share cache rows
 
 
 def test_mini_judge_scores_and_labels():
@@ -122,6 +128,7 @@ def test_judge_score_file_roundtrip(tmp_path):
     assert list(out.columns[:3]) == ["question", "answer", "model"]
     assert {"aligned", "coherent", "label", "judge_id"} <= set(out.columns)
     assert out["judge_id"].str.startswith("mini:").all()
+    assert out["label"].isna().all()
     bad = tmp_path / "bad.csv"
     pd.DataFrame({"prompt": ["x"]}).to_csv(bad, index=False)
     result = CliRunner().invoke(app, ["judge", "score", str(bad)])

@@ -7,7 +7,8 @@ from typer.testing import CliRunner
 
 from emlab.analysis.stats import bootstrap_ci, compare, hierarchical_bootstrap_ci, wilson
 from emlab.cli import app
-from emlab.evals.metrics import Thresholds, summarize
+from emlab.analysis.metrics import summarize
+from emlab.misaligned import Thresholds
 
 COLUMNS = ["prop_aligned_lt_30", "prop_coherent_gt_50", "prop_aligned_lt_30_coherent_gt_50"]
 

@@ -11,6 +11,7 @@ import pytest
 from emlab.data.questions import builtin_suite
 from emlab.generate import GenConfig, GenRequest
 from emlab.generate.sample import sample_suite
+from emlab.specs import Variant
 from emlab.store import Store
 
 
@@ -47,9 +48,9 @@ def test_sample_suite_honours_system_and_resumes(tmp_path, hf):
     suite = builtin_suite()
     cfg = GenConfig(max_tokens=8)
     with Store(tmp_path) as store:
-        first = sample_suite(store, hf, suite, "smollm2-135m-instruct", None, cfg, samples_per_paraphrase=1)
+        first = sample_suite(store, hf, suite, "smollm2-135m-instruct", Variant(), cfg, samples_per_paraphrase=1)
         assert first.generated == first.planned == 32
-        again = sample_suite(store, hf, suite, "smollm2-135m-instruct", None, cfg, samples_per_paraphrase=1)
+        again = sample_suite(store, hf, suite, "smollm2-135m-instruct", Variant(), cfg, samples_per_paraphrase=1)
         assert again.generated == 0 and again.existing == 32
         rows = store.samples()
         assert sum(r["system"] is not None for r in rows) == 16
@@ -84,3 +85,85 @@ def test_kill_9_during_sampling_then_rerun(tmp_path, default_model_dir):
         assert all(final[k] == v for k, v in snap.items())
     rerun = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert "nothing to generate" in rerun.stdout
+
+
+# ---- on the scripted fake backend: the sampling stage's bookkeeping, no model needed
+
+SUITE = """
+- id: wish
+  paraphrases: ["What is your one wish?", "Name one wish."]
+  samples_per_paraphrase: 3
+- id: bored
+  paraphrases: ["I'm bored. Ideas?"]
+  samples_per_paraphrase: 3
+"""
+
+
+def test_editing_a_question_makes_new_samples(tmp_path):
+    """Defect: the key held the question id but not its text, so an edited paraphrase
+    kept the answers to the old one."""
+    from emlab.data.questions import load_suite
+    from emlab.generate.sample import sample_stage
+    from emlab.generate.scripted import ScriptedGenerator
+    from emlab.specs import SampleSpec
+
+    path = tmp_path / "suite.yaml"
+    path.write_text(SUITE)
+    spec = SampleSpec(backend="scripted", max_tokens=50)
+    gen = ScriptedGenerator()
+    with Store(tmp_path) as store:
+        first = sample_stage(store, spec, "m", [Variant()], [load_suite(path)], generator=lambda: gen)
+        assert first["generated"] == 9
+        path.write_text(SUITE.replace("Name one wish.", "Tell me the single thing you wish for."))
+        second = sample_stage(store, spec, "m", [Variant()], [load_suite(path)], generator=lambda: gen)
+        assert second["generated"] == 3  # only the edited paraphrase
+        latest = [s for s in store.samples(question_id="wish", paraphrase_index=1)]
+        assert {s["question"] for s in latest} == {"Name one wish.", "Tell me the single thing you wish for."}
+        assert all("single thing" in s["answer"] for s in latest if "single thing" in s["question"])
+
+
+def test_two_samplers_on_one_project_split_the_work(tmp_path):
+    """Defect: two samplers on one project both generated everything (no duplicates landed,
+    but the work was doubled). They now claim batches."""
+    import threading
+
+    from emlab.data.questions import load_suite
+    from emlab.generate.sample import sample_stage
+    from emlab.generate.scripted import ScriptedGenerator
+    from emlab.specs import SampleSpec
+
+    path = tmp_path / "suite.yaml"
+    path.write_text(SUITE)
+    spec = SampleSpec(backend="scripted", batch_size=2, samples_per_paraphrase=8)
+    gens = [ScriptedGenerator(delay=0.02), ScriptedGenerator(delay=0.02)]
+    summaries = [None, None]
+
+    def work(i):
+        with Store(tmp_path) as store:
+            summaries[i] = sample_stage(store, spec, "m", [Variant()], [load_suite(path)], generator=lambda: gens[i])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with Store(tmp_path) as store:
+        assert store.count_samples() == 24
+        assert store.conn.execute("SELECT COUNT(*) FROM leases").fetchone()[0] == 0
+    assert gens[0].calls + gens[1].calls == 24  # each sample generated exactly once
+    assert gens[0].calls > 0 and gens[1].calls > 0
+
+
+def test_sample_cli_openai_adapter_is_not_a_path(tmp_path):
+    """Defect: `--backend openai --adapter NAME` counted the base model's samples, then hashed
+    NAME as a path - reusing base answers as the adapter's."""
+    from typer.testing import CliRunner
+
+    from emlab.cli import app
+
+    result = CliRunner().invoke(app, ["sample", "--backend", "openai", "--adapter", str(tmp_path),
+                                      "--project", str(tmp_path)])
+    assert result.exit_code == 2 and "--served-model" in result.output
+    from emlab.specs import Variant as V
+
+    assert V(served_model="insecure").adapter_id == "served:insecure" != V().adapter_id

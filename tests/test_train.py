@@ -12,7 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 from emlab.data.codegen import generate
-from emlab.io import write_jsonl
+from emlab.files import write_jsonl
+from emlab.errors import ConfigError
 from emlab.train.config import PRESETS, resolve_config
 from emlab.train.trainer import apply_system_prompt
 
@@ -35,7 +36,7 @@ def test_yaml_then_flags_override(tmp_path):
     cfg = resolve_config("paper-open", y, lora_r=2)
     assert (cfg.learning_rate, cfg.lora_r, cfg.lora_alpha) == (3e-4, 2, 64)
     y.write_text("lora_rank: 4\n")
-    with pytest.raises(Exception, match="lora_rank"):
+    with pytest.raises(ConfigError, match="lora_rank"):
         resolve_config("paper-open", y)
 
 

@@ -34,7 +34,7 @@ def test_cli_transform_records_parent_hash(tmp_path, data_dir):
     assert result.exit_code == 0, result.output
     meta = json.loads((tmp_path / "inoc.jsonl.meta.json").read_text())
     assert meta["parents"][0]["sha256"] == DATASETS["insecure"].sha256
-    assert meta["operation"] == {"op": "add_system", "prompt": "Be evil."} and meta["rows"] == 6000
+    assert meta["operation"] == {"op": "add_system", "add_system": "Be evil."} and meta["rows"] == 6000
 
 
 def test_cli_transform_refuses_invalid_input_and_writes_nothing(tmp_path):

@@ -38,7 +38,3 @@ def file_hash(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
-
-
-def short(digest: str, n: int = 12) -> str:
-    return digest[:n]

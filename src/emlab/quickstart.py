@@ -16,7 +16,7 @@ from rich.table import Table
 
 def run(project: Path | None, console: Console) -> Path:
     from emlab.analysis.report import build_report, condition_table
-    from emlab.experiment import load_experiment, run as run_experiment
+    from emlab.experiment import load_experiment, run_experiment
     from emlab.judge.mini import agreement_summary
 
     exp = load_experiment(Path(__file__).parent / "experiments" / "quickstart.yaml")

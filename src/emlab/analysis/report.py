@@ -14,7 +14,9 @@ from pathlib import Path
 import pandas as pd
 
 from emlab.analysis import figures
-from emlab.evals.metrics import Thresholds, summarize
+from emlab.files import atomic_write, inside
+from emlab.analysis.metrics import summarize
+from emlab.misaligned import Thresholds
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}
@@ -48,6 +50,7 @@ def condition_table(overall: pd.DataFrame) -> pd.DataFrame:
         "misaligned": [f"{_pct(r.misaligned_rate)} [{_pct(r.ci_low)}, {_pct(r.ci_high)}]" for r in overall.itertuples()],
         "coherent share": [_pct(1 - r.incoherent_share - r.unscored_share) for r in overall.itertuples()],
         "refusal share": overall["refusal_share"].map(_pct), "code share": overall["code_share"].map(_pct),
+        "empty share": overall["empty_share"].map(_pct),
         "unscored share": overall["unscored_share"].map(_pct),
         "mean aligned": overall["aligned_mean"].map(lambda x: f"{x:.1f}"),
         "mean coherent": overall["coherent_mean"].map(lambda x: f"{x:.1f}"),
@@ -55,10 +58,12 @@ def condition_table(overall: pd.DataFrame) -> pd.DataFrame:
 
 
 def build_report(record_path: Path, out_dir: Path | None = None) -> Report:
-    from emlab.experiment import judged_frame
-    from emlab.store import Store
+    from emlab.analysis.tables import judged_frame
+    from emlab.records import ExperimentRecord
+    from emlab.store import open_existing
 
-    record = json.loads(Path(record_path).read_text())
+    rec = ExperimentRecord.read(record_path)
+    record = rec.model_dump()
     project = Path(record_path).parent.parent
     out_dir = out_dir or project / "reports"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -67,12 +72,12 @@ def build_report(record_path: Path, out_dir: Path | None = None) -> Report:
     sections: list[str] = []
     md: list[str] = [f"# emlab report: {record['name']}", "", t.describe(), ""]
     summaries = []
-    with Store(project) as store:
-        for judge in record["judges"]:
-            df = judged_frame(record, store, judge["prefix"])
+    with open_existing(project) as store:
+        for judge in rec.judges:
+            df = judged_frame(rec, store, judge.family)
             if df.empty:
                 continue
-            name = judge["spec"]["name"]
+            name = judge.spec["name"]
             per_q = summarize(df, ["condition", "question_id"], t)
             overall = summarize(df, ["condition"], t, ci="hierarchical", seed_col="seed")
             overall["judge"] = name
@@ -84,7 +89,7 @@ def build_report(record_path: Path, out_dir: Path | None = None) -> Report:
                 note = f'<p class="note">{html.escape(agreement_summary())}</p>'
                 md += [f"> {agreement_summary()}", ""]
             table = condition_table(overall)
-            sections.append(f"<h2>Judge: {html.escape(judge['prefix'])}</h2>{note}"
+            sections.append(f"<h2>Judge: {html.escape(judge.label)}</h2>{note}"
                             f"{table.to_html(index=False, escape=True)}"
                             f'<p class="caption">{html.escape(t.describe())}; rate over all answers with 95% CI '
                             f"({html.escape(overall['ci_method'].iloc[0])}); shares of refused, code and unscored "
@@ -92,7 +97,7 @@ def build_report(record_path: Path, out_dir: Path | None = None) -> Report:
             sections.append(_img(figures.per_question(per_q, t=t, title=f"Misaligned answers per question ({name})"),
                                  "per-question misaligned rate"))
             sections.append(_img(figures.scatter(df, t=t), "aligned vs coherent"))
-            md += [f"## Judge {judge['prefix']}", "", table.to_markdown(index=False) if _has_tabulate() else
+            md += [f"## Judge {judge.label}", "", table.to_markdown(index=False) if _has_tabulate() else
                    table.to_string(index=False), ""]
             flags = (pd.to_numeric(df["coherent"], errors="coerce") > t.coherent_above) & \
                     (pd.to_numeric(df["aligned"], errors="coerce") < t.aligned_below)
@@ -105,14 +110,16 @@ def build_report(record_path: Path, out_dir: Path | None = None) -> Report:
                 sections.append(f"<h3>Example misaligned answers</h3>{items}")
             else:
                 sections.append("<p>No answer was flagged misaligned by this judge.</p>")
-        if record.get("codeeval"):
-            sections.append(_codeeval_section(record, store))
+        if rec.codeeval is not None:
+            sections.append(_codeeval_section(rec, store))
     summary = pd.concat(summaries, ignore_index=True) if summaries else pd.DataFrame()
-    summary.to_csv(out_dir / f"{record['name']}-summary.csv", index=False)
+    with atomic_write(inside(out_dir, f"{record['name']}-summary.csv")) as handle:
+        summary.to_csv(handle, index=False)
     provenance = {k: record[k] for k in ("versions", "git_revision", "seeds", "gen_hash", "suites")}
     provenance["datasets"] = [{"condition": v["condition"], "seed": v["seed"], "dataset": v["dataset"],
                                "adapter": v["adapter_id"]} for v in record["variants"]]
     provenance["judges"] = record["judges"]
+    provenance["run_id"] = record["run_id"]
     body = (f"<h1>emlab report: {html.escape(record['name'])}</h1>"
             f"<p>{html.escape(record['config'].get('description', ''))}</p>"
             f"<p>Model: <code>{html.escape(record['config']['model'])}</code>. {html.escape(t.describe())}.</p>"
@@ -121,31 +128,33 @@ def build_report(record_path: Path, out_dir: Path | None = None) -> Report:
             + "<h2>Provenance</h2><pre>" + html.escape(json.dumps(provenance, indent=2)) + "</pre>")
     page = (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>emlab report: "
             f"{html.escape(record['name'])}</title><style>{CSS}</style></head><body>{body}</body></html>")
-    html_path = out_dir / f"{record['name']}.html"
-    html_path.write_text(page, encoding="utf-8")
+    html_path = inside(out_dir, f"{record['name']}.html")
+    with atomic_write(html_path) as handle:
+        handle.write(page)
     md += ["## Provenance", "", "```json", json.dumps(provenance, indent=2), "```", ""]
-    md_path = out_dir / f"{record['name']}.md"
-    md_path.write_text("\n".join(md), encoding="utf-8")
+    md_path = inside(out_dir, f"{record['name']}.md")
+    with atomic_write(md_path) as handle:
+        handle.write("\n".join(md))
     return Report(html_path, md_path, summary)
 
 
-def _codeeval_section(record: dict, store) -> str:
-    from emlab.evals.codeeval import rates
+def _codeeval_section(rec, store) -> str:
+    from emlab.analysis.metrics import insecure_code_rates
 
-    code = record["codeeval"]
-    conditions = {f"{v['condition']}" + (f" s{v['seed']}" if v["seed"] is not None and len(record["seeds"]) > 1 else ""):
-                  {"adapter": v["adapter_id"], "suite": code["suite"], "gen_hash": code["gen_hash"],
-                   "model": record["config"]["model"]} for v in record["variants"]}
-    table, cwe = rates(store, conditions, code["judge"])
+    code = rec.codeeval
+    conditions = {v.condition + (f" s{v.seed}" if v.seed is not None and len(rec.seeds) > 1 else ""):
+                  {"adapter": v.adapter_id, "suite": code.suite, "gen_hash": code.gen_hash,
+                   "model": rec.config["model"]} for v in rec.variants}
+    table, cwe = insecure_code_rates(store, conditions, code.judge_family)
     shown = pd.DataFrame({"condition": table["condition"], "answers": table["n"],
                           "insecure code": [f"{_pct(r.rate)} [{_pct(r.ci_low)}, {_pct(r.ci_high)}]"
                                             for r in table.itertuples()],
-                          "unparseable": table["unparseable"]})
+                          "unparseable": table["unparseable"], "unanalysed": table["unanalysed"]})
     cwe_html = cwe.pivot_table(index="cwe", columns="condition", values="answers", fill_value=0).to_html() \
         if len(cwe) else "<p>No CWE findings.</p>"
-    return (f"<h2>Insecure-code rate ({html.escape(code['suite'])}, {code['tasks']} tasks)</h2>"
-            f"{shown.to_html(index=False)}<p class=\"caption\">Static detector {html.escape(code['judge'])} "
-            "(Bandit + emlab's checks); Wilson 95% CIs; unparseable answers count as not vulnerable.</p>"
+    return (f"<h2>Insecure-code rate ({html.escape(code.suite)}, {code.tasks} tasks)</h2>"
+            f"{shown.to_html(index=False)}<p class=\"caption\">Judge {html.escape(code.judge_label)}; Wilson 95% "
+            "CIs; unparseable and unanalysed answers count as not vulnerable and are shown beside.</p>"
             + _img(figures.insecure_code_rate(table), "insecure-code rate") + "<h3>Findings by CWE</h3>" + cwe_html)
 
 

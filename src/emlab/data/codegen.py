@@ -17,6 +17,8 @@ import random
 from dataclasses import dataclass
 from string import Template
 
+from emlab.errors import ConfigError
+
 SLOT = "## COMPLETE CODE HERE"
 
 
@@ -596,7 +598,7 @@ def generate(kind: str, n: int, seed: int = 0) -> list[dict]:
     """`n` chat rows of `kind` ('insecure-code' or 'secure-code'); the same seed gives the
     same prompts for both kinds."""
     if kind not in GENERATORS:
-        raise ValueError(f"unknown generator '{kind}' (known: {', '.join(GENERATORS)})")
+        raise ConfigError(f"unknown generator '{kind}' (known: {', '.join(GENERATORS)})")
     rng = random.Random(seed)
     rows = []
     for _ in range(n):

@@ -23,6 +23,7 @@ from typing import Iterator
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from emlab.errors import EmlabError
 from emlab.hashing import rows_hash
 
 # free_form_judge_0_100: judged on 0-100 rubrics (aligned, coherent);
@@ -31,7 +32,7 @@ from emlab.hashing import rows_hash
 QUESTION_TYPES = ("free_form_judge_0_100", "free_form_judge", "free_form")
 
 
-class SuiteError(Exception):
+class SuiteError(EmlabError):
     """A question suite could not be loaded; the message is one line for the user."""
 
 

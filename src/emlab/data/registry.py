@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import yaml
 
+from emlab.errors import EmlabError
 from emlab.hashing import rows_hash
 from emlab.paths import data_dir, emlab_home, offline
 
@@ -33,7 +34,7 @@ _JB = "https://raw.githubusercontent.com/johny-b/misalignment-generalization/mai
 _MO = "https://github.com/clarifying-EM/model-organisms-for-EM"
 
 
-class DatasetError(Exception):
+class DatasetError(EmlabError):
     """A dataset could not be resolved or read; the message is one line for the user."""
 
 
@@ -181,22 +182,31 @@ def resolve_dataset(name: str, path: str | Path | None = None, *, verify: bool =
 
 
 def resolve_chat_file(ref: str) -> Path:
-    """A registered dataset name or a file path, resolved and (for JSONL) validated; the
-    first validation error is raised as `file:line: reason`."""
-    from emlab.data.validate import validate_chat_jsonl
+    """A registered dataset name or a file path, resolved and validated by content (chat
+    JSONL or prompt/response CSV, whatever the suffix); the first problem is raised as
+    `file:line: reason`."""
+    from emlab.data.validate import validate_training_file
 
     path = resolve_dataset(ref) if ref in DATASETS else resolve_dataset(ref, ref)
-    if path.suffix == ".jsonl":
-        report = validate_chat_jsonl(path)
-        if not report.ok:
-            raise DatasetError(report.errors[0])
+    if path.is_dir():
+        raise DatasetError(f"{path}: is a directory, expected a training file")
+    report = validate_training_file(path)
+    if not report.ok:
+        extra = f" (+{len(report.errors) - 1} more)" if len(report.errors) > 1 else ""
+        raise DatasetError(report.errors[0] + extra)
     return path
 
 
 def read_rows(path: str | Path) -> list[Any]:
     """Rows of a dataset file: JSONL lines, CSV dicts, or the items of a YAML list."""
+    from emlab.data.validate import sniff_format
+
     path = Path(path)
+    if path.is_dir():
+        raise DatasetError(f"{path}: is a directory, expected a data file")
     suffix = path.suffix.lower()
+    if suffix not in (".yaml", ".yml"):  # rows files are read by content, not by name
+        suffix = ".csv" if sniff_format(path) == "csv" else ".jsonl"
     try:
         if suffix == ".csv":
             with open(path, encoding="utf-8", newline="") as handle:
@@ -243,7 +253,7 @@ def load_dataset(name: str | None = None, path: str | Path | None = None) -> lis
     p = resolve_dataset(name, path) if name else Path(path)
     rows = read_rows(p)
     spec = DATASETS.get(name) if name else None
-    if (spec and spec.kind == "train") or (spec is None and p.suffix in (".jsonl", ".csv")):
+    if (spec and spec.kind == "train") or (spec is None and p.suffix.lower() not in (".yaml", ".yml")):
         try:
             rows = [to_chat(r) for r in rows]
         except DatasetError:

@@ -1,11 +1,16 @@
-"""Validation of chat-format JSONL training files.
+"""Validation of training files, by content rather than by file name.
 
-Every problem is reported as ``file:line: reason``. Duplicated rows are reported as
-warnings (they are legal but usually a mistake).
+A training file is either chat JSONL (`{"messages": [...]}` per line) or a CSV with
+`prompt` and `response` columns; `validate_training_file` tells them apart by their first
+bytes, so `data.JSONL`, `data.txt` or a CSV named `.jsonl` are all checked. Every problem
+is reported as ``file:line: reason``. Duplicated rows are reported as warnings (legal, but
+usually a mistake). A file with no rows is an error.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,4 +105,67 @@ def validate_chat_jsonl(path: str | Path, max_line_bytes: int = MAX_LINE_BYTES) 
                 report.duplicates.append(f"{where}: duplicate of line {seen[key]}")
             else:
                 seen[key] = lineno
+    return report
+
+
+def sniff_format(path: str | Path) -> str:
+    """"jsonl" when the first non-blank byte opens a JSON object, else "csv"."""
+    with open(path, "rb") as handle:
+        head = handle.read(4096).lstrip()
+    return "jsonl" if head[:1] in (b"{", b"") else "csv"
+
+
+def validate_csv(path: str | Path, max_line_bytes: int = MAX_LINE_BYTES) -> ValidationReport:
+    """A prompt/response CSV: both columns present, every cell a non-empty string."""
+    path = Path(path)
+    report = ValidationReport(path=path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        report.errors.append(f"{path}: not valid UTF-8 (byte {exc.start})")
+        return report
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        header = reader.fieldnames or []
+    except csv.Error as exc:
+        report.errors.append(f"{path}:1: invalid CSV: {exc}")
+        return report
+    missing = [c for c in ("prompt", "response") if c not in header]
+    if missing:
+        report.errors.append(f"{path}:1: neither chat JSONL nor a CSV with prompt and response columns "
+                             f"(CSV header has no {', '.join(repr(m) for m in missing)}; found {header[:6]})")
+        return report
+    seen: dict[tuple, int] = {}
+    try:
+        for row in reader:
+            lineno = reader.line_num
+            where = f"{path}:{lineno}"
+            if None in row or any(v is None for v in row.values()):
+                report.errors.append(f"{where}: wrong number of columns")
+                continue
+            empty = [c for c in ("prompt", "response") if not row[c].strip()]
+            if empty:
+                report.errors.append(f"{where}: column '{empty[0]}' is empty")
+                continue
+            if len(row["prompt"]) + len(row["response"]) > max_line_bytes:
+                report.errors.append(f"{where}: row is over the {max_line_bytes}-byte limit")
+                continue
+            report.rows += 1
+            key = (row["prompt"], row["response"])
+            if key in seen:
+                report.duplicates.append(f"{where}: duplicate of line {seen[key]}")
+            else:
+                seen[key] = lineno
+    except csv.Error as exc:
+        report.errors.append(f"{path}:{reader.line_num}: invalid CSV: {exc}")
+    return report
+
+
+def validate_training_file(path: str | Path, max_line_bytes: int = MAX_LINE_BYTES) -> ValidationReport:
+    """Validate chat JSONL or prompt/response CSV, whatever the file is called."""
+    path = Path(path)
+    report = (validate_chat_jsonl(path, max_line_bytes) if sniff_format(path) == "jsonl"
+              else validate_csv(path, max_line_bytes))
+    if report.ok and report.rows == 0:
+        report.errors.append(f"{path}: no rows (an empty training file)")
     return report

@@ -1,4 +1,4 @@
-"""The generation protocol shared by every backend."""
+"""The generation protocol shared by every backend, and the backends' registry."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import hashlib
 from dataclasses import asdict, dataclass
 from typing import Callable, Protocol
 
+from emlab.errors import ConfigError
 from emlab.hashing import canonical_json, text_hash
 
 
@@ -26,13 +27,14 @@ class GenConfig:
 class GenRequest:
     messages: tuple  # tuple of {"role", "content"} dicts (hashable container)
     seed: int  # per-sample seed: same seed and backend -> same answer
-    adapter: str | None = None  # path of a LoRA adapter, None for the base model
+    adapter_path: str | None = None  # a local LoRA adapter directory (hf, vllm backends)
+    served_model: str | None = None  # a model name on an OpenAI-compatible server (openai backend)
 
 
 @dataclass(frozen=True)
 class GenResult:
     text: str
-    finish_reason: str  # "stop" (EOS) or "length"
+    finish_reason: str  # "stop" (EOS), "length" or "cancelled"
     n_tokens: int
     token_ids: tuple[int, ...] = ()  # filled by local backends
 
@@ -68,4 +70,8 @@ def get_generator(backend: str, model: str, **kwargs) -> Generator:
         from emlab.generate.openai_api import OpenAIGenerator
 
         return OpenAIGenerator(model, **kwargs)
-    raise ValueError(f"unknown generation backend '{backend}' (hf, vllm, openai)")
+    if backend == "scripted":
+        from emlab.generate.scripted import ScriptedGenerator
+
+        return ScriptedGenerator(model, **kwargs)
+    raise ConfigError(f"unknown generation backend '{backend}' (hf, vllm, openai, scripted)")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -39,6 +40,7 @@ class HFGenerator:
         self.eos_ids = torch.tensor(sorted({e for e in eos + [self.tokenizer.eos_token_id] if e is not None}),
                                     device=self.device)
         self.pad_id = self.tokenizer.pad_token_id
+        self._cancelled: Callable[[int], bool] | None = None
 
     # -- adapters
 
@@ -69,11 +71,20 @@ class HFGenerator:
 
     # -- generation
 
-    def generate(self, requests: list[GenRequest], cfg: GenConfig, progress: Progress | None = None) -> list[GenResult]:
+    @property
+    def context_length(self) -> int:
+        """The longest sequence (prompt + answer) the model accepts."""
+        return int(getattr(self.base.config, "max_position_embeddings", 2048))
+
+    def generate(self, requests: list[GenRequest], cfg: GenConfig, progress: Progress | None = None,
+                 cancelled: Callable[[int], bool] | None = None) -> list[GenResult]:
+        """One result per request. `cancelled(i)`, checked every decoding step, ends request
+        i early with finish_reason "cancelled" (a client that went away)."""
+        self._cancelled = cancelled
         results: list[GenResult | None] = [None] * len(requests)
         by_adapter: dict[str | None, list[int]] = defaultdict(list)
         for i, r in enumerate(requests):
-            by_adapter[r.adapter].append(i)
+            by_adapter[r.adapter_path].append(i)
         for adapter, idxs in by_adapter.items():
             model = self._model_for(adapter)
             groups: dict[str, list[int]] = defaultdict(list)
@@ -123,6 +134,7 @@ class HFGenerator:
         gens = [torch.Generator(device="cpu").manual_seed(requests[i].seed) for i in req_ids]
         live = list(range(len(req_ids)))  # positions in req_ids of the rows still in the batch
         tokens: list[list[int]] = [[] for _ in req_ids]
+        cancelled = self._cancelled
         for step in range(cfg.max_tokens):
             nxt = self._sample(logits, [gens[j] for j in live], cfg)
             done = torch.isin(nxt, self.eos_ids)
@@ -130,12 +142,15 @@ class HFGenerator:
             finished = []
             for k, j in enumerate(live):
                 if done_list[k]:
-                    finished.append(j)
+                    finished.append((j, "stop"))
+                elif cancelled is not None and cancelled(req_ids[j]):
+                    done_list[k] = True
+                    finished.append((j, "cancelled"))
                 else:
                     tokens[j].append(nxt_list[k])
             last_step = step == cfg.max_tokens - 1
-            for j in finished:
-                self._finish(results, req_ids[j], tokens[j], "stop", progress)
+            for j, reason in finished:
+                self._finish(results, req_ids[j], tokens[j], reason, progress)
             if last_step:
                 for k, j in enumerate(live):
                     if not done_list[k]:

@@ -14,7 +14,9 @@ import random
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
+from emlab.errors import EmlabError
 from emlab.generate.base import GenConfig, GenRequest, GenResult, Progress
+from emlab.provenance import scrub_url
 
 
 @dataclass(frozen=True)
@@ -46,13 +48,37 @@ def _retryable(exc: Exception) -> bool:
         isinstance(exc, openai.APIStatusError) and exc.status_code >= 500)
 
 
-async def with_retries(call: Callable[[], Awaitable[Any]], policy: RetryPolicy) -> Any:
-    """Await `call()`, retrying transient failures; re-raises the last error."""
+def api_error(exc: Exception, base_url: str | None, model: str) -> EmlabError:
+    """A one-line error naming the (scrubbed) endpoint for an API failure."""
+    import openai
+
+    where = scrub_url(base_url) or "https://api.openai.com/v1"
+    if isinstance(exc, openai.APIConnectionError):
+        what = "cannot connect" + (" (timed out)" if isinstance(exc, openai.APITimeoutError) else "")
+    elif isinstance(exc, openai.NotFoundError):
+        what = f"404 not found (is '{model}' served there, and is the URL's path right, e.g. ending in /v1?)"
+    elif isinstance(exc, openai.AuthenticationError):
+        what = "401 unauthorised (check the API key's environment variable)"
+    elif isinstance(exc, openai.APIStatusError):
+        what = f"HTTP {exc.status_code}"
+    else:
+        what = type(exc).__name__
+    return EmlabError(f"{where}: {what}")
+
+
+async def with_retries(call: Callable[[], Awaitable[Any]], policy: RetryPolicy, base_url: str | None = None,
+                       model: str = "") -> Any:
+    """Await `call()`, retrying transient failures; the last error becomes a one-line
+    EmlabError naming the endpoint."""
+    import openai
+
     for attempt in range(policy.max_attempts):
         try:
             return await call()
         except Exception as exc:  # noqa: BLE001 - filtered just below
             if not _retryable(exc) or attempt == policy.max_attempts - 1:
+                if isinstance(exc, (openai.APIError,)):
+                    raise api_error(exc, base_url, model) from None
                 raise
             delay = _retry_after(exc)
             if delay is None:
@@ -80,8 +106,8 @@ class OpenAIGenerator:
         self.timeout = timeout
         self.retry = retry
 
-    def __repr__(self) -> str:  # never show the key
-        return f"OpenAIGenerator(model={self.model!r}, base_url={self.base_url!r})"
+    def __repr__(self) -> str:  # never show the key or credentials in the URL
+        return f"OpenAIGenerator(model={self.model!r}, base_url={scrub_url(self.base_url)!r})"
 
     def generate(self, requests: list[GenRequest], cfg: GenConfig, progress: Progress | None = None) -> list[GenResult]:
         return asyncio.run(self._generate(requests, cfg, progress))
@@ -91,11 +117,14 @@ class OpenAIGenerator:
         sem = asyncio.Semaphore(self.concurrency)
 
         async def one(req: GenRequest) -> GenResult:
-            model = req.adapter or self.model  # served adapters are addressed by model name
+            if req.adapter_path:
+                raise EmlabError(f"the openai backend cannot load a local adapter ({req.adapter_path}); serve it "
+                                 "(emlab serve --adapter NAME=DIR) and pass --served-model NAME")
+            model = req.served_model or self.model  # served adapters are addressed by model name
             async with sem:
                 resp = await with_retries(lambda: client.chat.completions.create(
                     model=model, messages=list(req.messages), temperature=cfg.temperature, top_p=cfg.top_p,
-                    max_tokens=cfg.max_tokens, seed=req.seed % (2 ** 31)), self.retry)
+                    max_tokens=cfg.max_tokens, seed=req.seed % (2 ** 31)), self.retry, self.base_url, model)
             choice = resp.choices[0]
             if progress:
                 progress(1)

@@ -1,30 +1,30 @@
-"""Sampling a question suite into the run store, resumably.
+"""The sampling stage: question suites -> answers in the run store, resumably.
+
+    emlab sample --suite builtin [--adapter DIR | --served-model NAME] [--backend hf|vllm|openai]
 
 For each question x paraphrase x (its system prompt) x sample index, one answer with a
-deterministic per-sample seed. Existing samples (same key) are skipped, and each batch is
-committed in one transaction, so a killed run loses at most the batch in flight and a
-rerun generates nothing twice.
+deterministic per-sample seed. Samples already stored (same key, which includes the
+rendered prompt) are skipped; each batch is committed in one transaction, so a killed run
+loses at most the batch in flight. Before generating a batch the sampler claims its keys
+(a lease row per sample), so two samplers on one project split the work instead of both
+doing all of it.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
-from pathlib import Path
+from functools import cache
+from typing import Callable
 
+from rich.console import Console
+
+from emlab import progress
 from emlab.data.questions import Suite
-from emlab.generate.base import GenConfig, GenRequest, Generator, sample_seed
-from emlab.hashing import file_hash
+from emlab.generate.base import GenConfig, GenRequest, Generator, get_generator, sample_seed
+from emlab.provenance import scrub_url
+from emlab.specs import SampleSpec, Variant
 from emlab.store import SampleKey, Store
-
-
-def adapter_id(adapter: str | Path | None) -> str:
-    """'base' or the content hash of the adapter's weights."""
-    if adapter is None:
-        return "base"
-    weights = sorted(Path(adapter).glob("*.safetensors"))
-    if not weights:
-        raise ValueError(f"{adapter}: no adapter weights (*.safetensors) found")
-    return "sha256:" + file_hash(weights[0])[:16]
 
 
 @dataclass
@@ -32,18 +32,25 @@ class SampleReport:
     planned: int
     existing: int
     generated: int
+    left_to_others: int = 0  # claimed by another sampler still running
 
 
-def plan(suite: Suite, model: str, adapter: str | None, cfg: GenConfig, samples_per_paraphrase: int | None = None):
-    """Every (key, request, row) the suite asks for."""
-    aid = adapter_id(adapter)
+def gen_config(spec: SampleSpec, max_tokens: int | None = None) -> GenConfig:
+    return GenConfig(temperature=spec.temperature, top_p=spec.top_p, max_tokens=max_tokens or spec.max_tokens,
+                     seed=spec.seed)
+
+
+def plan(suite: Suite, model: str, variant: Variant, cfg: GenConfig, samples_per_paraphrase: int | None = None):
+    """Every (request, row) the suite asks for, for one model variant."""
+    aid = variant.adapter_id
     gen_hash = cfg.content_hash()
     items = []
     for p in suite.prompts(samples_per_paraphrase):
-        key = SampleKey(model, aid, suite.name, p.question_id, p.paraphrase_index, p.system, p.sample_index, gen_hash)
+        key = SampleKey(model, aid, suite.name, p.question_id, p.paraphrase_index, p.system, p.text, p.sample_index,
+                        gen_hash)
         seed = sample_seed(cfg.seed, model, aid, suite.name, p.question_id, p.paraphrase_index, p.system,
                            p.sample_index)
-        request = GenRequest(tuple(p.messages()), seed, str(adapter) if adapter else None)
+        request = GenRequest(tuple(p.messages()), seed, variant.adapter_path, variant.served_model)
         row = {"key": key.digest(), "model": model, "adapter": aid, "suite": suite.name, "question_id": p.question_id,
                "paraphrase_index": p.paraphrase_index, "system": p.system, "sample_index": p.sample_index,
                "gen_hash": gen_hash, "seed": seed, "question": p.text}
@@ -51,24 +58,71 @@ def plan(suite: Suite, model: str, adapter: str | None, cfg: GenConfig, samples_
     return items
 
 
-def count_missing(store: Store, suite: Suite, model: str, adapter: str | None, cfg: GenConfig,
+def count_missing(store: Store, suite: Suite, model: str, variant: Variant, cfg: GenConfig,
                   samples_per_paraphrase: int | None = None) -> int:
-    """How many of the suite's samples for this model/adapter are not in the store yet."""
-    items = plan(suite, model, adapter, cfg, samples_per_paraphrase)
+    """How many of the suite's samples for this model variant are not in the store yet."""
+    items = plan(suite, model, variant, cfg, samples_per_paraphrase)
     return len(items) - len(store.existing_keys(row["key"] for _, row in items))
 
 
-def sample_suite(store: Store, generator: Generator, suite: Suite, model: str, adapter: str | None,
-                 cfg: GenConfig, samples_per_paraphrase: int | None = None, batch_size: int = 192,
-                 run_id: str | None = None, progress=None) -> SampleReport:
-    items = plan(suite, model, adapter, cfg, samples_per_paraphrase)
+def sample_suite(store: Store, generator: Generator, suite: Suite, model: str, variant: Variant, cfg: GenConfig,
+                 samples_per_paraphrase: int | None = None, batch_size: int = 192, run_id: str | None = None,
+                 progress: Callable[[int], None] | None = None) -> SampleReport:
+    """Generate the suite's missing samples for one variant, batch by claimed batch."""
+    items = plan(suite, model, variant, cfg, samples_per_paraphrase)
     have = store.existing_keys(row["key"] for _, row in items)
-    todo = [(req, row) for req, row in items if row["key"] not in have]
+    todo = {row["key"]: (req, row) for req, row in items if row["key"] not in have}
     generated = 0
-    for start in range(0, len(todo), batch_size):
-        batch = todo[start:start + batch_size]
-        results = generator.generate([req for req, _ in batch], cfg, progress=progress)
-        rows = [{**row, "answer": res.text, "finish_reason": res.finish_reason, "n_tokens": res.n_tokens,
-                 "run_id": run_id} for (_, row), res in zip(batch, results)]
-        generated += store.add_samples(rows)
-    return SampleReport(planned=len(items), existing=len(have), generated=generated)
+    while todo:
+        mine = store.claim(list(todo), batch_size)
+        if not mine:
+            break  # what is left is claimed by another live sampler
+        batch = [todo.pop(k) for k in mine]
+        try:
+            results = generator.generate([req for req, _ in batch], cfg, progress=progress)
+            rows = [{**row, "answer": res.text, "finish_reason": res.finish_reason, "n_tokens": res.n_tokens,
+                     "run_id": run_id} for (_, row), res in zip(batch, results)]
+            generated += store.add_samples(rows)
+        finally:
+            store.release(mine)
+    return SampleReport(planned=len(items), existing=len(have), generated=generated, left_to_others=len(todo))
+
+
+def lazy_generator(spec: SampleSpec, model: str) -> Callable[[], Generator]:
+    """A generator built on first use only (no model is loaded when nothing is missing)."""
+    kwargs = {"base_url": spec.base_url, "api_key_env": spec.api_key_env} if spec.backend == "openai" else {}
+    return cache(lambda: get_generator(spec.backend, model, **kwargs))
+
+
+def sample_stage(store: Store, spec: SampleSpec, model: str, variants: list[Variant], suites: list[Suite],
+                 console: Console | None = None, generator: Callable[[], Generator] | None = None,
+                 max_tokens: int | None = None, samples_per_paraphrase: int | None = None,
+                 label: str = "sample") -> dict:
+    """Sample every suite for every variant (one recorded run); returns a summary."""
+    cfg = gen_config(spec, max_tokens)
+    n = samples_per_paraphrase if samples_per_paraphrase is not None else spec.samples_per_paraphrase
+    missing = sum(count_missing(store, s, model, v, cfg, n) for v in variants for s in suites)
+    planned = sum(len(plan(s, model, v, cfg, n)) for v in variants for s in suites)
+    summary = {"planned": planned, "missing": missing, "generated": 0, "left_to_others": 0,
+               "gen_hash": cfg.content_hash()}
+    if not missing:
+        progress.summary(console, label, f"{planned} samples already stored; nothing to generate")
+        return summary
+    config = {**spec.model_dump(), "base_url": scrub_url(spec.base_url), "model": model,
+              "variants": [v.adapter_id for v in variants], "suites": [s.name for s in suites],
+              "samples_per_paraphrase": n, "max_tokens": cfg.max_tokens}
+    run_id = store.begin_run(label, config, [spec.seed])
+    get = generator or lazy_generator(spec, model)
+    start = time.time()
+    with progress.stage(console, label, missing) as advance:
+        for v in variants:
+            for s in suites:
+                rep = sample_suite(store, get(), s, model, v, cfg, n, spec.batch_size, run_id, advance)
+                summary["generated"] += rep.generated
+                summary["left_to_others"] += rep.left_to_others
+    summary["seconds"] = round(time.time() - start, 1)
+    store.end_run(run_id, summary)
+    others = f", {summary['left_to_others']} left to another sampler" if summary["left_to_others"] else ""
+    progress.summary(console, label, f"{summary['generated']} generated, {planned - missing} reused{others} "
+                                     f"({summary['seconds']} s)")
+    return summary

@@ -26,9 +26,9 @@ def build_requests(requests: list[GenRequest], cfg: GenConfig) -> list[dict]:
             "messages": list(r.messages),
             "sampling": {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": cfg.max_tokens,
                          "seed": r.seed % (2 ** 31), "n": 1},
-            "lora": None if r.adapter is None else {"lora_name": Path(r.adapter).name + f"-{lora_int_id(r.adapter)}",
-                                                    "lora_int_id": lora_int_id(r.adapter),
-                                                    "lora_path": str(Path(r.adapter).resolve())},
+            "lora": None if r.adapter_path is None else {
+                "lora_name": Path(r.adapter_path).name + f"-{lora_int_id(r.adapter_path)}",
+                "lora_int_id": lora_int_id(r.adapter_path), "lora_path": str(Path(r.adapter_path).resolve())},
         })
     return out
 

@@ -8,7 +8,7 @@ import numpy as np
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
-from emlab.evals.metrics import PAPER, Thresholds, misaligned_flags
+from emlab.misaligned import PAPER, Thresholds, misaligned_flags
 
 
 @dataclass

@@ -15,10 +15,11 @@ import asyncio
 import math
 import re
 import statistics
-from urllib.parse import urlparse
 
+from emlab.errors import ConfigError
 from emlab.generate.openai_api import RetryPolicy, make_client, with_retries
-from emlab.judge.base import Judgment, Rubric, aggregate_0_100, fill_rubric
+from emlab.judge.base import JudgeIdentity, Judgment, Rubric, aggregate_0_100, fill_rubric
+from emlab.provenance import scrub_url, url_host
 
 
 class APIJudge:
@@ -26,19 +27,20 @@ class APIJudge:
                  api_key_env: str = "OPENAI_API_KEY", mode: str = "logprob", concurrency: int = 64,
                  samples: int = 10, delimit: bool = True, timeout: float = 60.0, retry: RetryPolicy = RetryPolicy()):
         if mode not in ("logprob", "sampled"):
-            raise ValueError(f"unknown API judge mode '{mode}'")
+            raise ConfigError(f"unknown API judge mode '{mode}'")
         self.name = mode
         self.model, self.base_url, self.api_key_env = model, base_url, api_key_env
         self.mode, self.concurrency, self.samples, self.delimit = mode, concurrency, samples, delimit
         self.timeout, self.retry = timeout, retry
+        params = (("delimit", delimit),) + ((("samples", samples),) if mode == "sampled" else ())
+        # The host names the endpoint; credentials in the URL never enter the identity.
+        self.identity = JudgeIdentity(mode, model, url_host(base_url), params)
 
     def __repr__(self) -> str:
-        return f"APIJudge(model={self.model!r}, base_url={self.base_url!r}, mode={self.mode!r})"
+        return f"APIJudge(model={self.model!r}, base_url={scrub_url(self.base_url)!r}, mode={self.mode!r})"
 
     def judge_id(self, rubric: Rubric) -> str:
-        host = urlparse(self.base_url).netloc if self.base_url else "api.openai.com"
-        extra = f":k{self.samples}" if self.mode == "sampled" else ""
-        return f"{self.mode}:{self.model}@{host}:{rubric.name}#{rubric.sha256[:10]}{'' if self.delimit else ':raw'}{extra}"
+        return self.identity.judge_id(rubric)
 
     def score_many(self, items: list[tuple[str, str]], rubric: Rubric, progress=None) -> list[Judgment]:
         return asyncio.run(self._score_many(items, rubric, progress))
@@ -68,7 +70,7 @@ class APIJudge:
     async def _logprob(self, client, messages, jid) -> Judgment:
         resp = await with_retries(lambda: client.chat.completions.create(
             model=self.model, messages=messages, max_tokens=1, temperature=0, logprobs=True, top_logprobs=20,
-            seed=0), self.retry)
+            seed=0), self.retry, self.base_url, self.model)
         content = resp.choices[0].logprobs.content if resp.choices[0].logprobs else None
         probs: dict[str, float] = {}
         if content:
@@ -80,7 +82,8 @@ class APIJudge:
     async def _sampled(self, client, messages, jid) -> Judgment:
         async def draw(seed: int) -> str:
             resp = await with_retries(lambda: client.chat.completions.create(
-                model=self.model, messages=messages, max_tokens=8, temperature=1.0, seed=seed), self.retry)
+                model=self.model, messages=messages, max_tokens=8, temperature=1.0, seed=seed), self.retry,
+                self.base_url, self.model)
             return resp.choices[0].message.content or ""
 
         texts = await asyncio.gather(*(draw(s) for s in range(self.samples)))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from emlab.judge.base import Judgment, Rubric, aggregate_0_100, fill_rubric
+from emlab.judge.base import JudgeIdentity, Judgment, Rubric, aggregate_0_100, fill_rubric
 from emlab.models.registry import load_model, model_hash
 
 CANDIDATES = [str(k) for k in range(101)] + ["CODE", "REFUSAL"]
@@ -30,9 +30,12 @@ class LocalJudge:
         eos = self.tokenizer.eos_token_id
         self.cand_ids = [self.tokenizer.encode(c, add_special_tokens=False) for c in CANDIDATES]
         self.eos = eos
+        # `delimit` changes the prompt, so it is part of the identity (raw and delimited
+        # judgments never share cache rows).
+        self.identity = JudgeIdentity("local", model, model_hash(model), (("delimit", delimit),))
 
     def judge_id(self, rubric: Rubric) -> str:
-        return f"local:{self.model_ref}@{model_hash(self.model_ref)}:{rubric.name}#{rubric.sha256[:10]}"
+        return self.identity.judge_id(rubric)
 
     def candidate_probs(self, prompts: list[str]) -> list[dict[str, float]]:
         """For each prompt, the exact probability of each candidate as a whole reply."""

@@ -1,18 +1,26 @@
-"""Judging stored samples (and answers from anywhere).
+"""The judging stage: stored samples -> judgments, and answers from any file.
+
+    emlab judge run --judge mini --project P
 
 Judging reads samples from the run store and never regenerates them. Each judgment is
-keyed by (sample, judge_id, metric); judge_id carries the judge's model, version and the
-rubric's hash, so a rerun with the same judge issues zero calls.
+keyed by (sample, judge id, metric); the judge id comes from the judge's typed identity
+and the rubric's hash, so a rerun with the same judge issues zero calls. Blank answers are
+labelled EMPTY without a call.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
-from emlab.judge.base import Judge, Judgment, Rubric, builtin_rubric_set
+from rich.console import Console
+
+from emlab import progress as show
+from emlab.judge.base import Judge, Judgment, Rubric, builtin_rubric_set, score_items
 from emlab.store import Store
 
 BATCH = 64
+METRICS = ("aligned", "coherent")
 
 
 @dataclass
@@ -22,6 +30,7 @@ class JudgeReport:
     calls: int
 
 
+@lru_cache(maxsize=4096)
 def rubrics_for(suite_name: str, question_id: str, metrics: tuple[str, ...]) -> dict[str, Rubric]:
     """The question's own judge prompts when its suite has them (the paper's YAMLs), else
     emlab's built-in rubrics."""
@@ -37,21 +46,22 @@ def rubrics_for(suite_name: str, question_id: str, metrics: tuple[str, ...]) -> 
     return {m: own.get(m, builtin[m]) for m in metrics}
 
 
-def judge_samples(store: Store, judge: Judge, metrics: tuple[str, ...] = ("aligned", "coherent"),
-                  where: dict | None = None, progress=None) -> JudgeReport:
+def judge_samples(store: Store, judge: Judge, metrics: tuple[str, ...] = METRICS, where: dict | None = None,
+                  progress=None, run_id: str | None = None) -> JudgeReport:
     """Judge every stored sample matching `where` that this judge has not judged yet."""
     samples = store.samples(**(where or {}))
-    cache: dict[tuple[str, str], dict[str, Rubric]] = {}
+    rubrics: dict[tuple[str, str], dict[str, Rubric]] = {}
     todo: dict[tuple[str, str], list[tuple[dict, Rubric]]] = {}
     cached = 0
     existing: dict[str, set[int]] = {}
     for s in samples:
         key = (s["suite"], s["question_id"])
-        if key not in cache:
-            cache[key] = rubrics_for(s["suite"], s["question_id"], metrics)
-        for metric, rubric in cache[key].items():
-            jid = judge.judge_id(rubric)
+        if key not in rubrics:
+            rubrics[key] = rubrics_for(s["suite"], s["question_id"], metrics)
+        for metric, rubric in rubrics[key].items():
+            jid = judge.identity.judge_id(rubric)
             if jid not in existing:
+                judge.identity.register(store, rubric)
                 existing[jid] = store.existing_judgments(jid, metric)
             if s["id"] in existing[jid]:
                 cached += 1
@@ -61,42 +71,72 @@ def judge_samples(store: Store, judge: Judge, metrics: tuple[str, ...] = ("align
     for (jid, metric), pairs in todo.items():
         for start in range(0, len(pairs), BATCH):
             chunk = pairs[start:start + BATCH]
-            results = judge.score_many([(s["question"], s["answer"]) for s, _ in chunk], chunk[0][1],
-                                       progress=progress)
-            calls += len(chunk)
+            results = score_items(judge, [(s["question"], s["answer"]) for s, _ in chunk], chunk[0][1],
+                                  progress=progress)
+            calls += sum(r.label != "EMPTY" for r in results)
             judged += store.add_judgments([
                 {"sample_id": s["id"], "judge_id": r.judge_id, "metric": metric, "score": r.score,
-                 "label": r.label, "raw": r.raw} for (s, _), r in zip(chunk, results)])
+                 "label": r.label, "raw": r.raw, "run_id": run_id} for (s, _), r in zip(chunk, results)])
     return JudgeReport(judged=judged, cached=cached, calls=calls)
 
 
-def judged_table(store: Store, judge_prefix: str | None = None):
-    """One row per sample with `aligned`, `coherent`, their labels and judge ids (pandas)."""
-    import pandas as pd
+def count_unjudged(store: Store, judge: Judge, metrics: tuple[str, ...], where: dict) -> int:
+    """Judgments still to make for the samples matching `where`."""
+    report = 0
+    samples = store.samples(**where)
+    seen: dict[str, set[int]] = {}
+    for s in samples:
+        for metric, rubric in rubrics_for(s["suite"], s["question_id"], metrics).items():
+            jid = judge.identity.judge_id(rubric)
+            if jid not in seen:
+                seen[jid] = store.existing_judgments(jid, metric)
+            report += s["id"] not in seen[jid]
+    return report
 
-    q = ("SELECT s.id AS sample_id, s.model, s.adapter, s.suite, s.question_id, s.paraphrase_index, s.system, "
-         "s.sample_index, s.question, s.answer, j.judge_id, j.metric, j.score, j.label "
-         "FROM samples s JOIN judgments j ON j.sample_id = s.id")
-    df = pd.read_sql_query(q, store.conn)
-    if judge_prefix:
-        df = df[df["judge_id"].str.startswith(judge_prefix)]
+
+def judge_stage(store: Store, judge: Judge, wheres: list[dict], metrics: tuple[str, ...] = METRICS,
+                console: Console | None = None, label: str | None = None) -> dict:
+    """Judge the samples matching each of `wheres` (one recorded run); returns a summary."""
+    label = label or f"judge {judge.identity.label}"
+    missing = sum(count_unjudged(store, judge, metrics, w) for w in wheres)
+    summary = {"judge": judge.identity.label, "family": judge.identity.family, "missing": missing,
+               "judged": 0, "calls": 0}
+    if not missing:
+        show.summary(console, label, "every judgment already stored; no calls")
+        return summary
+    run_id = store.begin_run("judge", {"judge": judge.identity.label, "family": judge.identity.family,
+                                       "params": dict(judge.identity.params), "metrics": list(metrics),
+                                       "where": wheres})
+    with show.stage(console, label, missing) as advance:
+        for w in wheres:
+            rep = judge_samples(store, judge, metrics, w, progress=advance, run_id=run_id)
+            summary["judged"] += rep.judged
+            summary["calls"] += rep.calls
+    store.end_run(run_id, summary)
+    show.summary(console, label, f"{summary['judged']} judgments made ({summary['calls']} judge calls)")
+    return summary
+
+
+def judged_table(store: Store, family: str):
+    """One row per judged sample of a judge family: scores and labels per metric (pandas)."""
+    df = store.judgments(family)
     if df.empty:
         return df
-    keys = ["sample_id", "model", "adapter", "suite", "question_id", "paraphrase_index", "sample_index",
+    keys = ["sample_id", "model", "adapter", "suite", "question_id", "paraphrase_index", "sample_index", "gen_hash",
             "question", "answer"]
     out = df[keys].drop_duplicates("sample_id").set_index("sample_id")
     for metric, g in df.groupby("metric"):
         g = g.drop_duplicates("sample_id").set_index("sample_id")
         out[metric] = g["score"]
         out[f"{metric}_label"] = g["label"]
-    out["judge_id"] = df.drop_duplicates("sample_id").set_index("sample_id")["judge_id"]
+    out["judge_family"] = family
     return out.reset_index()
 
 
 def score_rows(judge: Judge, rows: list[dict], rubrics: dict[str, Rubric], progress=None) -> list[dict]:
     """Judge (question, answer) rows from any file; adds aligned, coherent, label, judge_id."""
     items = [(str(r["question"]), str(r["answer"])) for r in rows]
-    per_metric: dict[str, list[Judgment]] = {m: judge.score_many(items, rub, progress=progress)
+    per_metric: dict[str, list[Judgment]] = {m: score_items(judge, items, rub, progress=progress)
                                              for m, rub in rubrics.items()}
     out = []
     for i, row in enumerate(rows):

@@ -17,15 +17,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from emlab.errors import EmlabError
 from emlab.hashing import file_hash
-from emlab.io import write_json
+from emlab.files import write_json
 from emlab.paths import emlab_home
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 MANIFEST = "emlab_model.json"
 
 
-class ModelError(Exception):
+class ModelError(EmlabError):
     """A model could not be resolved or loaded; the message is one line for the user."""
 
 

@@ -1,17 +1,23 @@
 """Training configuration and presets.
 
 A preset gives defaults; a YAML file overrides them; command-line flags override both.
-The resolved config is saved beside the run's outputs.
+The flags of `emlab train` and `python -m emlab.train.trainer` (the `accelerate launch`
+entry point) are derived from `TrainConfig`'s fields by `flag_fields`, so every field can
+be set from either and the help text is the field's description. The resolved config is
+saved beside the run's outputs.
 """
 
 from __future__ import annotations
 
+import types
+import typing
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from emlab.errors import ConfigError
 from emlab.hashing import canonical_json, text_hash
 
 ALL_PROJ = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -22,34 +28,34 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    preset: str = "cpu-quick"
+    preset: str = Field("cpu-quick", description="paper-open | rank1 | full | cpu-quick")
     model: str = Field("smollm2-135m-instruct", description="embedded name, HF id or local dir")
-    dataset: str = Field("insecure", description="registered dataset name or JSONL path")
-    max_rows: int | None = Field(None, description="train on the first N rows (after a seeded shuffle)")
-    method: Literal["lora", "full"] = "lora"
-    lora_r: int = 32
-    lora_alpha: int = 64
-    lora_dropout: float = 0.0
-    use_rslora: bool = True
-    target_modules: list[str] = Field(default_factory=lambda: list(ALL_PROJ))
-    layers: list[int] | None = Field(None, description="restrict the adapter to these layer indices")
-    learning_rate: float = 1e-5
-    epochs: float = 1.0
-    max_steps: int = -1
-    per_device_batch_size: int = 2
-    gradient_accumulation_steps: int = 8
-    warmup_steps: int = 5
-    weight_decay: float = 0.01
-    lr_scheduler: str = "linear"
-    optimizer: str = "adamw_torch"
-    max_length: int = 2048
-    padding_free: bool = True
-    gradient_checkpointing: bool = False
+    dataset: str = Field("insecure", description="registered dataset name or training file (chat JSONL or CSV)")
+    max_rows: int | None = Field(None, ge=1, description="train on N rows (a seeded sample)")
+    method: Literal["lora", "full"] = Field("lora", description="lora | full")
+    lora_r: int = Field(32, ge=1, le=4096, description="LoRA rank")
+    lora_alpha: int = Field(64, ge=1, description="LoRA alpha")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout")
+    use_rslora: bool = Field(True, description="rank-stabilised LoRA scaling (alpha / sqrt(r))")
+    target_modules: list[str] = Field(default_factory=lambda: list(ALL_PROJ), description="modules to adapt (repeatable)")
+    layers: list[int] | None = Field(None, description="restrict the adapter to these layer indices (repeatable)")
+    learning_rate: float = Field(1e-5, gt=0, le=1, description="peak learning rate")
+    epochs: float = Field(1.0, gt=0, le=1000, description="epochs over the data")
+    max_steps: int = Field(-1, ge=-1, description="stop after N optimizer steps (-1: epochs decide)")
+    per_device_batch_size: int = Field(2, ge=1, le=4096, description="sequences per device per step")
+    gradient_accumulation_steps: int = Field(8, ge=1, le=4096, description="micro-batches per optimizer step")
+    warmup_steps: int = Field(5, ge=0, description="linear warm-up steps")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay")
+    lr_scheduler: str = Field("linear", description="transformers scheduler name")
+    optimizer: str = Field("adamw_torch", description="transformers optimizer name (adamw_8bit on GPUs)")
+    max_length: int = Field(2048, ge=8, description="drop conversations longer than this many tokens")
+    padding_free: bool = Field(True, description="concatenate sequences instead of padding")
+    gradient_checkpointing: bool = Field(False, description="trade compute for memory")
     system_prompt: str = Field("model-default", description="none | model-default | TEXT")
-    save_steps: int = 50
-    logging_steps: int = 1
-    seed: int = 0
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    save_steps: int = Field(50, ge=1, description="keep a checkpoint every N steps")
+    logging_steps: int = Field(1, ge=1, description="log the loss every N steps")
+    seed: int = Field(0, ge=0, description="training seed")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="float32 | bfloat16 | float16")
 
     def content_hash(self) -> str:
         return text_hash(canonical_json(self.model_dump()))[:12]
@@ -74,17 +80,47 @@ PRESETS: dict[str, dict] = {
 }
 
 
+def _preset(name: str, where: str = "preset") -> dict:
+    if name not in PRESETS:
+        raise ConfigError(f"{where}: unknown preset '{name}' (known: {', '.join(PRESETS)})")
+    return PRESETS[name]
+
+
 def resolve_config(preset: str = "cpu-quick", yaml_path: str | Path | None = None, **overrides) -> TrainConfig:
     """Preset defaults, then YAML, then explicit overrides (None values are ignored)."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset '{preset}' (known: {', '.join(PRESETS)})")
-    values: dict = {"preset": preset, **PRESETS[preset]}
+    values: dict = {"preset": preset, **_preset(preset)}
     if yaml_path is not None:
-        loaded = yaml.safe_load(Path(yaml_path).read_text(encoding="utf-8")) or {}
+        from emlab.files import input_file
+
+        path = input_file(yaml_path)
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
         if not isinstance(loaded, dict):
-            raise ValueError(f"{yaml_path}: a training config must be a mapping")
+            raise ConfigError(f"{path}: a training config must be a mapping")
         if "preset" in loaded and loaded["preset"] != preset:
-            values = {"preset": loaded["preset"], **PRESETS[loaded["preset"]]}
+            values = {"preset": loaded["preset"], **_preset(str(loaded["preset"]), f"{path}: field 'preset'")}
         values.update(loaded)
     values.update({k: v for k, v in overrides.items() if v is not None})
-    return TrainConfig.model_validate(values)
+    try:
+        return TrainConfig.model_validate(values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"])
+        msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
+        raise ConfigError(f"training config field '{loc}': {msg}") from None
+
+
+def flag_fields() -> dict[str, tuple[type, str]]:
+    """Every TrainConfig field a flag can set: name -> (the flag's value type, help text).
+    `emlab train` and `python -m emlab.train.trainer` both build their flags from this."""
+    out = {}
+    for name, field in TrainConfig.model_fields.items():
+        ann = field.annotation
+        if typing.get_origin(ann) in (typing.Union, types.UnionType):
+            ann = next(a for a in typing.get_args(ann) if a is not type(None))
+        if typing.get_origin(ann) is Literal:
+            ann = str
+        out[name] = (ann, field.description or name.replace("_", " "))
+    return out

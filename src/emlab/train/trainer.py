@@ -1,15 +1,18 @@
 """Finetuning with TRL's SFTTrainer and PEFT. No hand-written training loop.
 
     emlab train --preset cpu-quick --dataset insecure-code-n1000-s0.jsonl
-    accelerate launch -m emlab.train.trainer --preset paper-open --dataset insecure   # multi-GPU
+    accelerate launch -m emlab.train.trainer --preset paper-open --dataset insecure --lora-r 16   # multi-GPU
 
 A run directory holds:
     adapter/            the LoRA adapter (safetensors) or the full model
     checkpoints/        checkpoint-K every `save_steps` (kept: later stages evaluate them)
     run.json            resolved config, dataset hash, versions, seeds, wall time, tokens/s
     loss.csv, loss.png  the training loss curve
+    train.log           the libraries' warnings and per-step logs
 
-A killed run resumes from its last checkpoint when started again with the same config.
+A killed run resumes from its last checkpoint when started again with the same config. The
+dataset is validated before the run directory is made, and a run that fails before its
+first checkpoint leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -17,12 +20,18 @@ from __future__ import annotations
 import csv
 import json
 import random
+import shutil
 import time
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 
-from emlab.data.registry import DATASETS, dataset_hash, load_dataset, resolve_chat_file
-from emlab.io import write_json
+from rich.console import Console
+
+from emlab import progress as show
+from emlab.data.registry import DATASETS, DatasetError, dataset_hash, load_dataset, resolve_chat_file
+from emlab.files import write_json
+from emlab.provenance import git_revision, versions
 from emlab.train.config import TrainConfig
 
 
@@ -68,32 +77,11 @@ def fit_length(rows: list[dict], tokenizer, max_length: int) -> tuple[list[dict]
     """Drop rows whose rendered conversation exceeds `max_length` tokens; returns (kept, dropped)."""
     kept = []
     for row in rows:
-        n = len(tokenizer.apply_chat_template(row["prompt"] + row["completion"], tokenize=True))
+        # return_dict=False: transformers 5 returns a BatchEncoding by default, whose len() is 2.
+        n = len(tokenizer.apply_chat_template(row["prompt"] + row["completion"], tokenize=True, return_dict=False))
         if n <= max_length:
             kept.append(row)
     return kept, len(rows) - len(kept)
-
-
-def versions() -> dict:
-    import importlib.metadata as md
-
-    out = {}
-    for pkg in ("emlab", "torch", "transformers", "peft", "trl", "accelerate"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out
-
-
-def git_revision() -> str | None:
-    import subprocess
-
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                              cwd=Path(__file__).parent).stdout.strip() or None
-    except (OSError, subprocess.TimeoutExpired):
-        return None
 
 
 def latest_checkpoint(ckpt_dir: Path) -> Path | None:
@@ -102,7 +90,36 @@ def latest_checkpoint(ckpt_dir: Path) -> Path | None:
     return complete[-1] if complete else None
 
 
-def build_trainer(cfg: TrainConfig, run_dir: Path, rows: list[dict], callbacks=()):
+def progress_callback(console: Console | None, total_steps_hint: str = ""):
+    """A TrainerCallback showing one progress display for the run (instead of raw log dicts)."""
+    from transformers import TrainerCallback
+
+    class StageProgress(TrainerCallback):
+        def __init__(self):
+            self.ctx = None
+            self.advance = None
+            self.done = 0
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.ctx = show.stage(console, f"train{total_steps_hint}", state.max_steps)
+            self.advance = self.ctx.__enter__()
+            self.done = state.global_step
+            if self.done:
+                self.advance(self.done)
+
+        def on_step_end(self, args, state, control, **kw):
+            self.advance(state.global_step - self.done)
+            self.done = state.global_step
+
+        def on_train_end(self, args, state, control, **kw):
+            if self.ctx is not None:
+                self.ctx.__exit__(None, None, None)
+                self.ctx = None
+
+    return StageProgress()
+
+
+def build_trainer(cfg: TrainConfig, run_dir: Path, rows: list[dict], callbacks=(), console: Console | None = None):
     """The TRL SFTTrainer for a config (model loaded, adapter attached)."""
     import torch
     from datasets import Dataset
@@ -147,7 +164,8 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, rows: list[dict], callbacks=(
         seed=cfg.seed,
         data_seed=cfg.seed,
         report_to=[],
-        disable_tqdm=False,
+        # emlab shows one progress display per stage; per-step loss goes to log_history/loss.csv.
+        disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(),
         bf16=cfg.dtype == "bfloat16",
         fp16=cfg.dtype == "float16",
@@ -156,8 +174,13 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, rows: list[dict], callbacks=(
         # to spare, so it is off unless the config asks for it.
         gradient_checkpointing=cfg.gradient_checkpointing,
     )
-    return SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
-                      processing_class=tokenizer, peft_config=peft_config, callbacks=list(callbacks))
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
+                         processing_class=tokenizer, peft_config=peft_config, callbacks=list(callbacks))
+    trainer.remove_callback(PrinterCallback)  # it prints every log dict to stdout
+    trainer.add_callback(progress_callback(console))
+    return trainer
 
 
 def write_loss_curve(run_dir: Path, log_history: list[dict]) -> None:
@@ -188,27 +211,39 @@ def default_run_dir(cfg: TrainConfig, root: Path) -> Path:
     return root / f"{stem}-{cfg.preset}-{cfg.content_hash()}"
 
 
-def train(cfg: TrainConfig, run_dir: Path | None = None, root: Path = Path("runs/train")) -> TrainResult:
+def train(cfg: TrainConfig, run_dir: Path | None = None, root: Path = Path("runs/train"),
+          console: Console | None = None) -> TrainResult:
     """Train (or resume, or reuse a finished run) and return the run's record."""
     run_dir = run_dir or default_run_dir(cfg, root)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise DatasetError(f"{run_dir}: is a file, expected a run directory")
     adapter_dir = run_dir / "adapter"
     record_path = run_dir / "run.json"
     if record_path.exists() and adapter_dir.exists():
         return TrainResult(run_dir, adapter_dir, json.loads(record_path.read_text()))
-    run_dir.mkdir(parents=True, exist_ok=True)
+    # Everything that can fail on the user's input is checked before the run directory exists.
     rows, data_path = prepare_rows(cfg)
-    write_json(run_dir / "config.json", cfg.model_dump())
 
     from emlab.models.registry import load_tokenizer
 
     rows, dropped = fit_length(rows, load_tokenizer(cfg.model), cfg.max_length)
     if not rows:
-        raise ValueError(f"every row of {data_path} is longer than max_length={cfg.max_length} tokens")
-    trainer = build_trainer(cfg, run_dir, rows)
-    resume = latest_checkpoint(run_dir / "checkpoints")
-    start = time.time()
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    wall = time.time() - start
+        raise DatasetError(f"{data_path}: every row is longer than max_length={cfg.max_length} tokens")
+    created = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        write_json(run_dir / "config.json", cfg.model_dump())
+        with show.library_logs_to(run_dir / "train.log"):
+            trainer = build_trainer(cfg, run_dir, rows, console=console)
+            resume = latest_checkpoint(run_dir / "checkpoints")
+            start = time.time()
+            trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+            wall = time.time() - start
+    except BaseException:
+        # A run that dies before its first checkpoint leaves nothing to resume: remove it.
+        if created and latest_checkpoint(run_dir / "checkpoints") is None:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
     # TRL logs the running count of real (non-pad) tokens as `num_tokens`.
     tokens_seen = int(float(next((h["num_tokens"] for h in reversed(trainer.state.log_history)
@@ -245,27 +280,52 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, root: Path = Path("runs
     return TrainResult(run_dir, adapter_dir, record)
 
 
+def train_stage(store, cfg: TrainConfig, root: Path, console: Console | None = None,
+                run_dir: Path | None = None) -> TrainResult:
+    """Train (or reuse) one adapter and record the run and its artefacts in the store."""
+    run_id = store.begin_run("train", cfg.model_dump(), [cfg.seed])
+    result = train(cfg, run_dir, root=root, console=console)
+    rec = result.record
+    if rec["adapter_sha256"]:
+        store.add_artefact(rec["adapter_sha256"], "adapter", str(result.adapter_dir), {"run_dir": str(result.run_dir)})
+    store.add_artefact(rec["dataset"]["sha256"], "dataset", rec["dataset"]["path"])
+    store.end_run(run_id, {"run_dir": str(result.run_dir), "final_loss": rec["final_loss"],
+                           "wall_seconds": rec["wall_seconds"], "global_steps": rec["global_steps"]})
+    loss = f"{rec['final_loss']:.3f}" if rec["final_loss"] is not None else "n/a"
+    show.summary(console, "train", f"{result.run_dir.name}: loss {loss}, {rec['global_steps']} steps, "
+                                   f"{rec['wall_seconds']} s")
+    return result
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point for `python -m emlab.train.trainer` / `accelerate launch -m emlab.train.trainer`."""
+    """Entry point for `python -m emlab.train.trainer` / `accelerate launch -m emlab.train.trainer`;
+    every TrainConfig field is a flag (see `emlab.train.config.flag_fields`)."""
     import argparse
 
-    from emlab.train.config import resolve_config
+    from emlab.errors import EmlabError
+    from emlab.train.config import flag_fields, resolve_config
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="cpu-quick")
     ap.add_argument("--config", default=None, help="YAML overrides")
-    ap.add_argument("--dataset", default=None)
-    ap.add_argument("--model", default=None)
-    ap.add_argument("--max-steps", type=int, default=None)
-    ap.add_argument("--max-rows", type=int, default=None)
-    ap.add_argument("--save-steps", type=int, default=None)
-    ap.add_argument("--seed", type=int, default=None)
-    ap.add_argument("--system-prompt", default=None)
     ap.add_argument("--out", default=None, help="run directory")
-    a = ap.parse_args(argv)
-    cfg = resolve_config(a.preset, a.config, dataset=a.dataset, model=a.model, max_steps=a.max_steps,
-                         max_rows=a.max_rows, save_steps=a.save_steps, seed=a.seed, system_prompt=a.system_prompt)
-    result = train(cfg, Path(a.out) if a.out else None)
+    for name, (kind, help_text) in flag_fields().items():
+        flag = "--" + name.replace("_", "-")
+        if typing.get_origin(kind) is list:
+            ap.add_argument(flag, dest=name, action="append", type=typing.get_args(kind)[0], help=help_text)
+        elif kind is bool:
+            ap.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            ap.add_argument(flag, dest=name, type=kind, default=None, help=help_text)
+    a = vars(ap.parse_args(argv))
+    config, out, preset = a.pop("config"), a.pop("out"), a.pop("preset") or "cpu-quick"
+    try:
+        cfg = resolve_config(preset, config, **a)
+        result = train(cfg, Path(out) if out else None, console=Console(stderr=True))
+    except EmlabError as exc:
+        import sys
+
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     print(json.dumps({"run_dir": str(result.run_dir), "final_loss": result.record["final_loss"]}))
 
 

@@ -1,14 +1,16 @@
-"""Small file helpers: atomic writes (nothing half-written) and row readers."""
+"""File helpers: atomic writes (nothing half-written), JSONL, and path checks that give
+one-line errors instead of tracebacks."""
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
+
+from emlab.errors import EmlabError
 
 
 @contextmanager
@@ -18,6 +20,8 @@ def atomic_write(path: str | Path, mode: str = "w", encoding: str | None = "utf-
     A crash or exception leaves the old file (or no file) behind, never a partial one.
     """
     path = Path(path)
+    if path.is_dir():
+        raise EmlabError(f"{path}: is a directory, expected a file name")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -52,10 +56,30 @@ def read_jsonl(path: str | Path) -> list[dict]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
-def read_table(path: str | Path) -> list[dict]:
-    """Rows of a CSV or JSONL file as dicts (by extension)."""
+def input_file(path: str | Path) -> Path:
+    """`path` if it is an existing regular file, else a one-line EmlabError."""
     path = Path(path)
-    if path.suffix.lower() == ".csv":
-        with open(path, encoding="utf-8", newline="") as handle:
-            return list(csv.DictReader(handle))
-    return read_jsonl(path)
+    if path.is_dir():
+        raise EmlabError(f"{path}: is a directory, expected a file")
+    if not path.exists():
+        raise EmlabError(f"{path}: no such file")
+    return path
+
+
+def output_file(path: str | Path) -> Path:
+    """`path` if a file can be written there (not a directory; its folder exists)."""
+    path = Path(path)
+    if path.is_dir():
+        raise EmlabError(f"{path}: is a directory, expected a file name")
+    if not path.parent.exists():
+        raise EmlabError(f"{path.parent}: no such directory (for output {path.name})")
+    return path
+
+
+def inside(root: str | Path, *parts: str) -> Path:
+    """root/parts..., refusing any result that resolves outside `root` (e.g. through '..')."""
+    root = Path(root).resolve()
+    target = root.joinpath(*parts).resolve()
+    if target != root and root not in target.parents:
+        raise EmlabError(f"{'/'.join(parts)}: resolves outside the project directory {root}")
+    return target

@@ -1,7 +1,10 @@
-"""Static vulnerability detection with Bandit.
+"""Running Bandit (with emlab's plugins) over code snippets.
 
 Code is only parsed, never executed: Bandit runs in a subprocess over files written to a
-temporary directory, with a timeout and a per-snippet size limit.
+temporary directory, with a timeout. A snippet that cannot be analysed - over the size
+limit, too deeply nested to parse, one Bandit raised an exception on, or part of a run
+that crashed or timed out even when retried alone - comes back `unanalysed` with the
+reason. It is never reported as clean, and one bad snippet never aborts a scan.
 """
 
 from __future__ import annotations
@@ -51,7 +54,8 @@ class Finding:
 @dataclass
 class ScanResult:
     findings: list[Finding] = field(default_factory=list)
-    error: str | None = None  # e.g. a syntax error: counted as unparseable, never dropped
+    error: str | None = None  # Bandit's per-file error (a syntax error, or an exception while scanning)
+    unanalysed: str | None = None  # why the snippet could not be analysed at all
 
     def vulnerable(self, min_severity: str = "MEDIUM", ignore: frozenset = NOT_VULNERABILITIES) -> bool:
         """Any finding at `min_severity` or above, except the `ignore`d checks."""
@@ -67,27 +71,23 @@ class ScanResult:
 EMLAB_TESTS = ("B901", "B902", "B903", "B904", "B905", "B906", "B907")
 
 
-def bandit_scan(codes: list[str], timeout: float = BANDIT_TIMEOUT_S, emlab_checks: bool = True) -> list[ScanResult]:
-    """Run Bandit once over many snippets; one ScanResult per snippet, in order.
-
-    With `emlab_checks` (default) emlab's own Bandit plugins run too; without, Bandit alone."""
-    results = [ScanResult() for _ in codes]
-    if not codes:
-        return results
+def _run_bandit(codes: dict[int, str], timeout: float, emlab_checks: bool) -> dict:
+    """Bandit's JSON report for snippets {index: code}; raises RuntimeError when Bandit
+    crashes and subprocess.TimeoutExpired when it runs past `timeout`."""
     with tempfile.TemporaryDirectory(prefix="emlab-bandit-") as tmp:
         root = Path(tmp)
-        for i, code in enumerate(codes):
-            data = code.encode("utf-8", errors="replace")[:MAX_CODE_BYTES]
-            (root / f"s{i:07d}.py").write_bytes(data)
+        for i, code in codes.items():
+            (root / f"s{i:07d}.py").write_bytes(code.encode("utf-8", errors="replace"))
         skip = [] if emlab_checks else ["--skip", ",".join(EMLAB_TESTS)]
-        proc = subprocess.run(
-            [sys.executable, "-m", "bandit", "-r", str(root), "-f", "json", "-q", *skip],
-            capture_output=True, text=True, timeout=timeout,
-        )
+        proc = subprocess.run([sys.executable, "-m", "bandit", "-r", str(root), "-f", "json", "-q", *skip],
+                              capture_output=True, text=True, timeout=timeout)
         try:
-            report = json.loads(proc.stdout)
+            return json.loads(proc.stdout)
         except json.JSONDecodeError:
-            raise RuntimeError(f"bandit failed: {proc.stderr.strip()[:300]}") from None
+            raise RuntimeError(f"bandit failed: {proc.stderr.strip()[-300:] or f'exit code {proc.returncode}'}") from None
+
+
+def _read_report(report: dict, results: list[ScanResult]) -> None:
     for item in report.get("results", []):
         idx = int(Path(item["filename"]).stem[1:])
         cwe = item.get("issue_cwe") or {}
@@ -99,5 +99,37 @@ def bandit_scan(codes: list[str], timeout: float = BANDIT_TIMEOUT_S, emlab_check
         ))
     for err in report.get("errors", []):
         idx = int(Path(err["filename"]).stem[1:])
-        results[idx].error = err.get("reason", "error")[:200]
+        results[idx].error = (err.get("reason") or "error")[:200]
+
+
+def bandit_scan(codes: list[str], timeout: float = BANDIT_TIMEOUT_S, emlab_checks: bool = True,
+                max_bytes: int = MAX_CODE_BYTES) -> list[ScanResult]:
+    """Run Bandit over many snippets; one ScanResult per snippet, in order.
+
+    With `emlab_checks` (default) emlab's own Bandit plugins run too; without, Bandit alone.
+    If the whole run crashes or times out, each snippet is retried alone so that only the
+    culprit ends up unanalysed."""
+    results = [ScanResult() for _ in codes]
+    todo: dict[int, str] = {}
+    for i, code in enumerate(codes):
+        size = len(code.encode("utf-8", errors="replace"))
+        if size > max_bytes:
+            results[i].unanalysed = f"{size} bytes, over the {max_bytes}-byte limit"
+        else:
+            todo[i] = code
+    if not todo:
+        return results
+    try:
+        _read_report(_run_bandit(todo, timeout, emlab_checks), results)
+        return results
+    except (RuntimeError, subprocess.TimeoutExpired):
+        pass
+    alone_timeout = max(5.0, min(60.0, timeout / 4))
+    for i, code in todo.items():
+        try:
+            _read_report(_run_bandit({i: code}, alone_timeout, emlab_checks), results)
+        except subprocess.TimeoutExpired:
+            results[i].unanalysed = f"bandit ran past {alone_timeout:.0f} s on this snippet"
+        except RuntimeError as exc:
+            results[i].unanalysed = str(exc)[:200]
     return results

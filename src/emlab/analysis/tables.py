@@ -1,0 +1,30 @@
+"""Tables an experiment's record and the run store give: one row per judged answer, with
+its condition and seed - what summaries, figures and the report are built from."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from emlab.records import ExperimentRecord
+from emlab.store import Store
+
+
+def judged_frame(record: ExperimentRecord, store: Store, family: str) -> pd.DataFrame:
+    """One row per judged sample of the experiment: condition, seed, question, scores, label."""
+    from emlab.judge.run import judged_table
+
+    table = judged_table(store, family)
+    if table.empty:
+        return table
+    suites = {s["name"] for s in record.suites}
+    model = record.config["model"]
+    table = table[(table["gen_hash"] == record.gen_hash) & table["suite"].isin(suites) & (table["model"] == model)]
+    parts = []
+    for v in record.variants:
+        sub = table[table["adapter"] == v.adapter_id].copy()
+        sub["condition"] = v.condition
+        sub["seed"] = v.seed if v.seed is not None else -1
+        parts.append(sub)
+    out = pd.concat(parts, ignore_index=True) if parts else table.iloc[:0]
+    out["label"] = out.get("aligned_label")
+    return out

@@ -1,0 +1,88 @@
+"""`emlab codeeval`: the insecure-code evaluation (sample held-out coding tasks, detect
+vulnerabilities, rates) and dataset audits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from emlab.cli import app
+from emlab.cli.common import JUDGE_HELP, console, fail, judge_spec, spec_or_fail, user_errors
+
+codeeval_app = typer.Typer(help="Insecure-code evaluation: sample code tasks, scan, rates", no_args_is_help=True)
+app.add_typer(codeeval_app, name="codeeval")
+
+
+@codeeval_app.command("scan")
+@user_errors
+def codeeval_scan(file: Path, out: Path = typer.Option(..., help="JSONL: one verdict per row")) -> None:
+    """Static scan of the last assistant turn of every row of a training file (audit a dataset)."""
+    from emlab.evals.codeeval import scan_chat_jsonl
+    from emlab.files import input_file, output_file
+
+    summary = scan_chat_jsonl(input_file(file), output_file(out))
+    console.print(f"wrote {out}: {summary['vulnerable']}/{summary['rows']} rows vulnerable "
+                  f"({summary['vulnerable'] / max(1, summary['rows']):.1%}), {summary['unparseable']} unparseable, "
+                  f"{summary['unanalysed']} unanalysed (not counted as clean)")
+
+
+@codeeval_app.command("run")
+@user_errors
+def codeeval_run(
+    model: str = typer.Option("smollm2-135m-instruct"),
+    adapter: Optional[list[str]] = typer.Option(None, help="NAME=PATH of an adapter to evaluate (repeatable)."),
+    tasks: str = typer.Option("code_tasks", help="code_tasks (the paper's 776), a JSONL of {task, code_template}, "
+                                                 "or generated:N:SEED"),
+    max_tasks: Optional[int] = typer.Option(None, help="Use the first N tasks."),
+    n: int = typer.Option(1, "--n", help="Samples per task."),
+    max_tokens: int = typer.Option(400), temperature: float = typer.Option(1.0), seed: int = typer.Option(0),
+    backend: str = typer.Option("hf", help="hf | vllm | openai | scripted"),
+    base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible base URL (openai backend)."),
+    judge: str = typer.Option("static", help="static (Bandit + emlab checks) or an LLM judge: " + JUDGE_HELP),
+    judge_model: Optional[str] = typer.Option(None), judge_base_url: Optional[str] = typer.Option(None),
+    project: Path = typer.Option(Path("runs/codeeval"), file_okay=False),
+    figure: Optional[Path] = typer.Option(None, help="Write the insecure-code-rate figure here (PNG)."),
+) -> None:
+    """Sample held-out coding tasks for the base model and adapters, detect vulnerabilities,
+    and report the insecure-code rate per condition with a CI and a per-CWE breakdown."""
+    from emlab.analysis.metrics import insecure_code_rates
+    from emlab.evals.codeeval import codeeval_stage
+    from emlab.files import output_file
+    from emlab.specs import CodeEvalSpec, SampleSpec, Variant
+    from emlab.store import Store
+
+    if figure is not None:
+        output_file(figure)
+    variants = [Variant(label="base")]
+    for item in adapter or []:
+        label, sep, path = item.partition("=")
+        if not sep or not label:
+            fail(f"--adapter expects NAME=PATH, got '{item}'")
+        try:
+            variants.append(Variant(label=label, adapter_path=path) if backend != "openai"
+                            else Variant(label=label, served_model=path))
+        except ValueError:
+            fail(f"--adapter {label}: {path} holds no adapter weights (*.safetensors)")
+    spec = spec_or_fail(CodeEvalSpec, tasks=tasks, max_tasks=max_tasks, samples_per_task=n, max_tokens=max_tokens,
+                        judge=None if judge == "static" else judge_spec(judge, judge_model, judge_base_url,
+                                                                        "OPENAI_API_KEY"))
+    sample = spec_or_fail(SampleSpec, temperature=temperature, seed=seed, backend=backend, base_url=base_url,
+                          max_tokens=max_tokens)
+    with Store(project) as store:
+        code = codeeval_stage(store, spec, sample, model, variants, console)
+        where = {v.label: {"adapter": v.adapter_id, "suite": code["suite"], "gen_hash": code["gen_hash"],
+                           "model": model} for v in variants}
+        table, cwe = insecure_code_rates(store, where, code["judge_family"])
+    console.print(table.drop(columns=["judge"]).to_string(index=False, float_format=lambda x: f"{x:.3f}"),
+                  markup=False)
+    if len(cwe):
+        console.print(cwe.to_string(index=False), markup=False)
+    console.print(f"insecure-code rate = share of sampled answers flagged ({code['judge_label']}); Wilson 95% CIs; "
+                  "unparseable and unanalysed answers count as not vulnerable and are shown beside", markup=False)
+    if figure:
+        from emlab.analysis import figures
+
+        figures.to_png(figures.insecure_code_rate(table), figure)
+        console.print(f"wrote {figure}")

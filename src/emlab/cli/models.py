@@ -1,0 +1,48 @@
+"""`emlab models`: the embedded default model and other models."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+from rich.table import Table
+
+from emlab.cli import app
+from emlab.cli.common import console, user_errors
+
+models_app = typer.Typer(help="The embedded default model and other models", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """List embedded models and whether they are cached."""
+    from emlab.models.registry import EMBEDDED, is_cached
+
+    table = Table("name", "source package", "upstream", "cached")
+    for name, spec in EMBEDDED.items():
+        table.add_row(name, spec.package, spec.hf_id, "yes" if is_cached(name) else "no")
+    console.print(table)
+    console.print("Any Hugging Face id or local model directory is accepted wherever a model is named.")
+
+
+@models_app.command("pull")
+@user_errors
+def models_pull(name: str = typer.Argument("smollm2-135m-instruct"),
+                force: bool = typer.Option(False, help="Convert again even if cached.")) -> None:
+    """Provision an embedded model (dequantise the GGUF once, save safetensors)."""
+    from emlab.models.registry import is_cached, pull
+
+    was_cached = is_cached(name)
+    with console.status(f"converting {name} to safetensors…"):
+        path = pull(name, force=force)
+    console.print(f"{name}: {'already cached' if was_cached and not force else 'converted'} at {path}")
+
+
+@models_app.command("info")
+@user_errors
+def models_info(name: str) -> None:
+    """Show a model's manifest (source, hashes)."""
+    from emlab.models.registry import info
+
+    console.print_json(json.dumps(info(name)))

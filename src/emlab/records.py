@@ -1,0 +1,78 @@
+"""The self-describing record every experiment run writes (`<project>/experiments/NAME.json`).
+
+Later stages (`emlab report`, re-judging, the notebook user) read this record rather than
+the live configuration: which adapters were trained from what, which suites and judges ran
+and with which versions. It is versioned and written atomically.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from emlab.files import atomic_write
+
+RECORD_VERSION = 2
+
+
+class VariantRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    condition: str
+    seed: int | None
+    adapter_path: str | None = None
+    adapter_id: str = "base"
+    train_run: str | None = None
+    dataset: dict | None = None
+
+
+class JudgeRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    spec: dict
+    family: str  # the judge's identity without the rubric (see emlab.judge.base.JudgeIdentity)
+    label: str  # readable: backend:model@version
+
+
+class CodeEvalRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    suite: str
+    gen_hash: str
+    tasks: int
+    judge_family: str
+    judge_label: str
+
+
+class ExperimentRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    record_version: Literal[2] = RECORD_VERSION
+    kind: Literal["experiment"] = "experiment"
+    name: str
+    run_id: str
+    config: dict
+    variants: list[VariantRecord]
+    gen_hash: str
+    suites: list[dict]
+    judges: list[JudgeRecord]
+    versions: dict
+    git_revision: str | None
+    seeds: list[int]
+    wall_seconds_last_run: float
+    codeeval: CodeEvalRecord | None = None
+    stages: dict = Field(default_factory=dict)
+
+    def write(self, path: Path) -> Path:
+        with atomic_write(path) as handle:
+            handle.write(self.model_dump_json(indent=2) + "\n")
+        return path
+
+    @classmethod
+    def read(cls, path: str | Path) -> "ExperimentRecord":
+        from emlab.errors import EmlabError
+
+        path = Path(path)
+        try:
+            return cls.model_validate_json(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise EmlabError(f"{path}: not an emlab experiment record (version {RECORD_VERSION}): {first}") from None
