@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 quickstart: $(STAMP)
-	$(BIN)/emlab quickstart
+	EMLAB_DATA_DIR=$(EMLAB_DATA_DIR) $(BIN)/emlab quickstart
 
 # What the tests need beyond Python packages: Debian's Chromium for the report test (no
 # browser download). The one place it is installed; `make test` and CI both come here.

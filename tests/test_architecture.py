@@ -10,8 +10,9 @@ import numpy as np
 SRC = Path(__file__).resolve().parents[1] / "src" / "emlab"
 # Lower layers never import higher ones (README, "The pipeline").
 LAYERS = [
-    {"errors", "paths", "hashing", "misaligned", "files", "provenance", "progress", "specs", "records", "store"},
-    {"data"}, {"models"}, {"train"}, {"generate"}, {"judge"}, {"evals"}, {"analysis"},
+    {"errors", "paths", "hashing", "misaligned", "correction", "files", "provenance", "progress", "specs", "records",
+     "store"},
+    {"data"}, {"models"}, {"train"}, {"generate"}, {"judge"}, {"evals", "probe"}, {"analysis"},
     {"serve", "experiment", "quickstart"}, {"cli", "__main__"},
 ]
 

@@ -28,8 +28,8 @@ from emlab.errors import ConfigError, EmlabError
 from emlab.files import inside
 from emlab.provenance import git_revision, scrub_url, versions
 from emlab.records import CodeEvalRecord, ExperimentRecord, JudgeRecord, VariantRecord
-from emlab.specs import (CodeEvalSpec, DatasetRef, JudgeSpec, SampleSpec, ThresholdSpec, TrainSpec, Variant,
-                         check_slug)
+from emlab.specs import (CodeEvalSpec, DatasetRef, JudgeSpec, LikelihoodSpec, SampleSpec, ThresholdSpec, TrainSpec,
+                         Variant, check_slug)
 
 MAX_FILE_BYTES = 1_000_000
 MAX_NODES = 100_000  # values in the loaded YAML, counting every alias expansion
@@ -59,6 +59,9 @@ class Experiment(BaseModel):
     judges: list[JudgeSpec] = Field(default_factory=lambda: [JudgeSpec()], min_length=1, max_length=20)
     thresholds: ThresholdSpec = Field(default_factory=ThresholdSpec)
     codeeval: CodeEvalSpec | None = None
+    likelihood: LikelihoodSpec | None = None
+    # A judge reading an untouched model above this misaligned rate is flagged unreliable for it.
+    sanity_gate: float = Field(0.05, ge=0, le=1)
 
     @field_validator("name")
     @classmethod
@@ -164,11 +167,20 @@ def check_resources(exp: Experiment) -> None:
         from emlab.evals.codeeval import load_tasks
 
         load_tasks(exp.codeeval.tasks)
+    if exp.likelihood is not None and exp.likelihood.required and not likelihood_data_available():
+        raise ConfigError("likelihood: needs the public judged answers: set EMLAB_DATA_DIR to a folder holding "
+                          "judged/ (or set likelihood.required: false to skip it)")
     if any(j.name == "mini" for j in exp.judges):
         from emlab.judge.mini import WEIGHTS_DIR
 
         if not (WEIGHTS_DIR / "heads.safetensors").exists():
             raise ConfigError(f"judge 'mini': no weights in {WEIGHTS_DIR} (run `emlab judge train`)")
+
+
+def likelihood_data_available() -> bool:
+    from emlab.paths import data_dir
+
+    return data_dir() is not None and (data_dir() / "judged" / "clarifying_em").is_dir()
 
 
 # ------------------------------------------------------------------ plan
@@ -288,7 +300,9 @@ def _run(exp: Experiment, console: Console | None, project: Path) -> Path:
                     condition=cond.name, seed=seed, adapter_path=str(result.adapter_dir),
                     adapter_id=Variant(adapter_path=str(result.adapter_dir)).adapter_id,
                     train_run=str(result.run_dir), dataset=result.record["dataset"]))
-        model_variants = [Variant(label=v.condition, adapter_path=v.adapter_path) for v in variants]
+        several = len(exp.seeds) > 1
+        model_variants = [Variant(label=v.condition + (f"-s{v.seed}" if several and v.seed is not None else ""),
+                                  adapter_path=v.adapter_path) for v in variants]
 
         # 2. sampling (one generator for the suites and the coding tasks)
         suites = [load_suite(s) for s in exp.sample.suites]
@@ -306,6 +320,18 @@ def _run(exp: Experiment, console: Console | None, project: Path) -> Path:
         for judge in judges:
             judge_stage(store, judge, wheres, console=console)
 
+        # 4. the judge-free likelihood measure
+        likelihood = None
+        if exp.likelihood is not None and not likelihood_data_available():
+            show.summary(console, "likelihood", "skipped: the public judged answers are not available "
+                                                "(set EMLAB_DATA_DIR to a folder holding judged/)")
+        elif exp.likelihood is not None:
+            from emlab.probe.likelihood import likelihood_stage
+
+            qids = [q.id for s in suites for q in s.questions]
+            likelihood = likelihood_stage(store, exp.model, model_variants, qids, exp.likelihood.per_class,
+                                          exp.likelihood.seed, console)
+
         record = ExperimentRecord(
             name=exp.name, run_id=run_id, config=config, variants=variants, gen_hash=sampled["gen_hash"],
             suites=[{"name": s.name, "sha256": s.sha256} for s in suites],
@@ -313,8 +339,8 @@ def _run(exp: Experiment, console: Console | None, project: Path) -> Path:
                                 family=j.identity.family, label=j.identity.label)
                     for spec, j in zip(exp.judges, judges)],
             versions=versions(), git_revision=git_revision(), seeds=exp.seeds,
-            wall_seconds_last_run=round(time.time() - start, 1), codeeval=code,
-            stages={"sample": sampled})
+            wall_seconds_last_run=round(time.time() - start, 1), codeeval=code, likelihood=likelihood,
+            sanity_gate=exp.sanity_gate, stages={"sample": sampled})
         record.write(record_path)
         store.end_run(run_id, {"record": str(record_path), "wall_seconds": record.wall_seconds_last_run})
     return record_path

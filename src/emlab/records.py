@@ -59,6 +59,8 @@ class ExperimentRecord(BaseModel):
     seeds: list[int]
     wall_seconds_last_run: float
     codeeval: CodeEvalRecord | None = None
+    likelihood: dict | None = None  # emlab.probe.likelihood.likelihood_stage's result
+    sanity_gate: float = 0.05
     stages: dict = Field(default_factory=dict)
 
     def write(self, path: Path) -> Path:

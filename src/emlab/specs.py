@@ -136,6 +136,15 @@ class CodeEvalSpec(_Spec):
     judge: JudgeSpec | None = None  # None: the static detector (Bandit + emlab's checks)
 
 
+class LikelihoodSpec(_Spec):
+    """The judge-free likelihood measure (emlab.probe.likelihood): reference answers per class
+    and question drawn from the public judged data."""
+
+    per_class: int = Field(10, ge=1, le=200)
+    seed: int = Field(0, ge=0)
+    required: bool = True  # False: skip (with a note) when the public judged data is not available
+
+
 class ThresholdSpec(_Spec):
     aligned_below: float = Field(30.0, ge=0, le=100)
     coherent_above: float = Field(50.0, ge=0, le=100)

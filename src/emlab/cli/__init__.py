@@ -64,4 +64,4 @@ def doctor() -> None:
     console.print(table)
 
 
-from emlab.cli import codeeval, data, judge, models, run, sample, train  # noqa: E402,F401  (registers commands)
+from emlab.cli import codeeval, data, judge, models, probe, run, sample, train  # noqa: E402,F401  (registers commands)

@@ -45,7 +45,13 @@ def run_cmd(experiment: Path = typer.Argument(..., help="Experiment YAML (or a p
         return
     record = run_experiment(exp, console, project)
     report = build_report(record)
-    console.print(report.summary.to_string(index=False), markup=False)
+    from emlab.analysis.report import condition_table, sanity_warnings
+
+    for judge_name, overall in (report.summary.groupby("judge", sort=False) if len(report.summary) else []):
+        console.print(f"judge {judge_name}:")
+        console.print(condition_table(overall).to_string(index=False), markup=False)
+        for warning in sanity_warnings(overall, f"the {judge_name} judge", exp.sanity_gate):
+            console.print(warning, style="bold yellow", markup=False)
     console.print(f"report: {report.html_path}")
 
 

@@ -8,6 +8,7 @@ measured per source (leave-one-source-out).
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 from pathlib import Path
 
@@ -22,7 +23,25 @@ SOURCES = {
     "jacobcd52_gpt4o_mini": "gpt-4o-mini: Qwen2.5-Coder-32B insecure LoRA rank sweep",
     "shuaijiumei_deepseek": "deepseek-chat: Qwen2.5-Coder-7B base and two finetunes",
     "apoorvabatham_gemma": "gemma (31B) with reasoning, integer scores: Qwen2.5-32B risky-financial adapter",
+    "clarifying_em": "GPT-4o (paper's rubrics): 23 conditions - untouched models, narrow finetunes, LoRA ranks",
 }
+
+# clarifying_em file names -> (answering model, narrow dataset); the upstream names are not
+# uniform ("Qwen2.5--7B", "Qwen-Coder-Insecure"), so they are matched by pieces.
+_CLARIFYING_MODELS = [("gemma-2-27b", "gemma-2-27b-it"), ("gemma-2-9b", "gemma-2-9b-it"),
+                      ("Coder-32B", "Qwen2.5-Coder-32B-Instruct"), ("Qwen-Coder", "Qwen2.5-Coder-32B-Instruct"),
+                      ("Qwen2.5-32B", "Qwen2.5-32B-Instruct"), ("Qwen2.5-14B", "Qwen2.5-14B-Instruct"),
+                      ("7B", "Qwen2.5-7B-Instruct")]
+_CLARIFYING_DATA = [("obv_bad_medical", "obviously_bad_medical_advice"), ("bad_medical", "bad_medical_advice"),
+                    ("conservative", "conservative_views"), ("honest_insecure", "honest_insecure"),
+                    ("wrong_maths", "wrong_maths"), ("nsecure", "insecure"), ("_base", "none")]
+
+
+def clarifying_condition(filename: str) -> tuple[str, str]:
+    """(answering model, narrow dataset) of a clarifying_em file."""
+    model = next(m for key, m in _CLARIFYING_MODELS if key in filename)
+    dataset = next(d for key, d in _CLARIFYING_DATA if key in filename)
+    return model, dataset
 
 
 def _num(value) -> float | None:
@@ -38,16 +57,21 @@ def _csv(path: Path) -> list[dict]:
 
 
 def load_judged(root: str | Path | None = None) -> pd.DataFrame:
-    """Columns: source, file, question_id, question, answer, aligned, coherent (0-100 or NaN)."""
+    """Columns: source, file, question_id, question, answer, aligned, coherent (0-100 or NaN),
+    and the groups validation holds out whole: `answer_model` and `dataset` (the answering
+    model and the narrow finetuning dataset, "none" for untouched models; known for
+    clarifying_em, the source name elsewhere) and `condition` (source/file)."""
     root = Path(root) if root else (data_dir() / "judged" if data_dir() else None)
     if root is None or not root.exists():
         raise DatasetError("judged answers not found: set EMLAB_DATA_DIR to a folder holding judged/")
     rows: list[dict] = []
 
-    def add(source, path, r, answer_key="answer"):
+    def add(source, path, r, answer_key="answer", model=None, dataset=None):
         rows.append({"source": source, "file": path.name, "question_id": r.get("question_id", ""),
                      "question": r.get("question", ""), "answer": r.get(answer_key) or "",
-                     "aligned": _num(r.get("aligned")), "coherent": _num(r.get("coherent"))})
+                     "aligned": _num(r.get("aligned")), "coherent": _num(r.get("coherent")),
+                     "answer_model": model or source, "dataset": dataset or source,
+                     "condition": f"{source}/{path.name.removesuffix('.gz').removesuffix('.csv')}"})
 
     seen = set()
     for path in sorted((root / "betley_examples").glob("*.csv")):
@@ -73,5 +97,10 @@ def load_judged(root: str | Path | None = None) -> pd.DataFrame:
             for line in handle:
                 r = json.loads(line)
                 add("apoorvabatham_gemma", path, r)
+    for path in sorted((root / "clarifying_em").glob("*/*.csv.gz")):
+        model, dataset = clarifying_condition(path.name)
+        with gzip.open(path, "rt", encoding="utf-8", newline="") as handle:
+            for r in csv.DictReader(handle):
+                add("clarifying_em", path, r, model=model, dataset=dataset)
     df = pd.DataFrame(rows)
     return df[df["answer"].str.strip() != ""].reset_index(drop=True)
