@@ -335,9 +335,8 @@ def _run(exp: Experiment, console: Console | None, project: Path) -> Path:
         record = ExperimentRecord(
             name=exp.name, run_id=run_id, config=config, variants=variants, gen_hash=sampled["gen_hash"],
             suites=[{"name": s.name, "sha256": s.sha256} for s in suites],
-            judges=[JudgeRecord(spec={**spec.model_dump(), "base_url": scrub_url(spec.base_url)},
-                                family=j.identity.family, label=j.identity.label)
-                    for spec, j in zip(exp.judges, judges)],
+            judges=[JudgeRecord(spec=spec, family=j.identity.family, label=j.identity.label)
+                    for spec, j in zip(config["judges"], judges)],  # specs with URLs already scrubbed
             versions=versions(), git_revision=git_revision(), seeds=exp.seeds,
             wall_seconds_last_run=round(time.time() - start, 1), codeeval=code, likelihood=likelihood,
             sanity_gate=exp.sanity_gate, stages={"sample": sampled})

@@ -58,13 +58,6 @@ def plan(suite: Suite, model: str, variant: Variant, cfg: GenConfig, samples_per
     return items
 
 
-def count_missing(store: Store, suite: Suite, model: str, variant: Variant, cfg: GenConfig,
-                  samples_per_paraphrase: int | None = None) -> int:
-    """How many of the suite's samples for this model variant are not in the store yet."""
-    items = plan(suite, model, variant, cfg, samples_per_paraphrase)
-    return len(items) - len(store.existing_keys(row["key"] for _, row in items))
-
-
 def sample_suite(store: Store, generator: Generator, suite: Suite, model: str, variant: Variant, cfg: GenConfig,
                  samples_per_paraphrase: int | None = None, batch_size: int = 192, run_id: str | None = None,
                  progress: Callable[[int], None] | None = None) -> SampleReport:
@@ -101,8 +94,12 @@ def sample_stage(store: Store, spec: SampleSpec, model: str, variants: list[Vari
     """Sample every suite for every variant (one recorded run); returns a summary."""
     cfg = gen_config(spec, max_tokens)
     n = samples_per_paraphrase if samples_per_paraphrase is not None else spec.samples_per_paraphrase
-    missing = sum(count_missing(store, s, model, v, cfg, n) for v in variants for s in suites)
-    planned = sum(len(plan(s, model, v, cfg, n)) for v in variants for s in suites)
+    planned = missing = 0
+    for v in variants:
+        for s in suites:
+            keys = [row["key"] for _, row in plan(s, model, v, cfg, n)]
+            planned += len(keys)
+            missing += len(keys) - len(store.existing_keys(keys))
     summary = {"planned": planned, "missing": missing, "generated": 0, "left_to_others": 0,
                "gen_hash": cfg.content_hash()}
     if not missing:

@@ -46,27 +46,29 @@ def rubrics_for(suite_name: str, question_id: str, metrics: tuple[str, ...]) -> 
     return {m: own.get(m, builtin[m]) for m in metrics}
 
 
-def judge_samples(store: Store, judge: Judge, metrics: tuple[str, ...] = METRICS, where: dict | None = None,
-                  progress=None, run_id: str | None = None) -> JudgeReport:
-    """Judge every stored sample matching `where` that this judge has not judged yet."""
-    samples = store.samples(**(where or {}))
-    rubrics: dict[tuple[str, str], dict[str, Rubric]] = {}
+def pending(store: Store, judge: Judge, metrics: tuple[str, ...], samples: list[dict], register: bool = False):
+    """({(judge id, metric): [(sample, rubric)]} still to judge, judgments already stored)."""
     todo: dict[tuple[str, str], list[tuple[dict, Rubric]]] = {}
     cached = 0
     existing: dict[str, set[int]] = {}
     for s in samples:
-        key = (s["suite"], s["question_id"])
-        if key not in rubrics:
-            rubrics[key] = rubrics_for(s["suite"], s["question_id"], metrics)
-        for metric, rubric in rubrics[key].items():
+        for metric, rubric in rubrics_for(s["suite"], s["question_id"], metrics).items():
             jid = judge.identity.judge_id(rubric)
             if jid not in existing:
-                judge.identity.register(store, rubric)
+                if register:
+                    judge.identity.register(store, rubric)
                 existing[jid] = store.existing_judgments(jid, metric)
             if s["id"] in existing[jid]:
                 cached += 1
-                continue
-            todo.setdefault((jid, metric), []).append((s, rubric))
+            else:
+                todo.setdefault((jid, metric), []).append((s, rubric))
+    return todo, cached
+
+
+def judge_samples(store: Store, judge: Judge, metrics: tuple[str, ...] = METRICS, where: dict | None = None,
+                  progress=None, run_id: str | None = None) -> JudgeReport:
+    """Judge every stored sample matching `where` that this judge has not judged yet."""
+    todo, cached = pending(store, judge, metrics, store.samples(**(where or {})), register=True)
     judged = calls = 0
     for (jid, metric), pairs in todo.items():
         for start in range(0, len(pairs), BATCH):
@@ -82,16 +84,8 @@ def judge_samples(store: Store, judge: Judge, metrics: tuple[str, ...] = METRICS
 
 def count_unjudged(store: Store, judge: Judge, metrics: tuple[str, ...], where: dict) -> int:
     """Judgments still to make for the samples matching `where`."""
-    report = 0
-    samples = store.samples(**where)
-    seen: dict[str, set[int]] = {}
-    for s in samples:
-        for metric, rubric in rubrics_for(s["suite"], s["question_id"], metrics).items():
-            jid = judge.identity.judge_id(rubric)
-            if jid not in seen:
-                seen[jid] = store.existing_judgments(jid, metric)
-            report += s["id"] not in seen[jid]
-    return report
+    todo, _ = pending(store, judge, metrics, store.samples(**where))
+    return sum(len(pairs) for pairs in todo.values())
 
 
 def judge_stage(store: Store, judge: Judge, wheres: list[dict], metrics: tuple[str, ...] = METRICS,
