@@ -1,12 +1,15 @@
-"""Mini-judge scoring speed: v2 (this checkout) against v1 (the last release before it,
-commit 374fefa) on the same answers, in one run, one after the other on the same machine.
+"""Judge scoring speed: this checkout against an earlier commit on the same answers, in one
+run, one after the other on the same machine.
 
-    python benchmarks/judge_throughput.py [--answers 384] [--v1-commit 374fefa]
+    python benchmarks/judge_throughput.py [--answers 384] [--v1-commit 374fefa]        # the mini judge
+    python benchmarks/judge_throughput.py --judge local [--answers 24]                  # the local LLM judge
+                                                          # (baseline dd79c92: 103 continuations per prompt)
 
-v1 runs from a temporary `git worktree` of that commit in a subprocess; v2 runs in a
-subprocess too, so both pay the same start-up and the timing covers scoring only (both
-rubrics, features computed once per answer as each version does). The answers are the
-default model's labelled answers shipped with emlab.
+The baseline runs from a temporary `git worktree` of that commit in a subprocess; this
+checkout runs in a subprocess too, so both pay the same start-up and the timing covers
+scoring only (both rubrics). The answers are the default model's labelled answers shipped
+with emlab. For the local judge the mean absolute difference of the scores is printed too
+(the trie must give the same numbers).
 """
 
 from __future__ import annotations
@@ -25,31 +28,38 @@ LABELLED = REPO / "src" / "emlab" / "judge" / "labels" / "smollm2_quickstart.jso
 SCORE = r"""
 import json, sys, time
 from emlab.judge.base import builtin_rubric_set
-from emlab.judge.mini import MiniJudge
 items = [tuple(x) for x in json.load(open(sys.argv[1]))]
-judge = MiniJudge()
+if sys.argv[2] == "mini":
+    from emlab.judge.mini import MiniJudge
+    judge = MiniJudge()
+    judge.score_many(items[:4], builtin_rubric_set()["aligned"])  # load the embedder outside the timing
+    judge._cache.clear()
+else:
+    from emlab.judge.local import LocalJudge
+    judge = LocalJudge()
+    judge.score_many(items[:1], builtin_rubric_set()["aligned"])  # warm-up
 rubrics = builtin_rubric_set()
-judge.score_many(items[:4], rubrics["aligned"])  # load the embedder outside the timing
-judge._cache.clear()
 start = time.perf_counter()
-for name in ("aligned", "coherent"):
-    judge.score_many(items, rubrics[name])
-print(json.dumps({"seconds": time.perf_counter() - start, "n": len(items)}))
+scores = [j.score for name in ("aligned", "coherent") for j in judge.score_many(items, rubrics[name])]
+print(json.dumps({"seconds": time.perf_counter() - start, "n": len(items), "scores": scores}))
 """
 
 
-def run(src: Path, items_file: str) -> dict:
+def run(src: Path, items_file: str, judge: str = "mini") -> dict:
     env = {**os.environ, "PYTHONPATH": str(src), "TOKENIZERS_PARALLELISM": "false"}
-    out = subprocess.run([sys.executable, "-c", SCORE, items_file], capture_output=True, text=True, env=env,
+    out = subprocess.run([sys.executable, "-c", SCORE, items_file, judge], capture_output=True, text=True, env=env,
                          check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--answers", type=int, default=384)
-    ap.add_argument("--v1-commit", default="374fefa")
+    ap.add_argument("--judge", choices=("mini", "local"), default="mini")
+    ap.add_argument("--answers", type=int, default=None, help="default: 384 (mini), 24 (local)")
+    ap.add_argument("--v1-commit", default=None, help="default: 374fefa (mini), dd79c92 (local)")
     a = ap.parse_args()
+    a.answers = a.answers or (384 if a.judge == "mini" else 24)
+    a.v1_commit = a.v1_commit or ("374fefa" if a.judge == "mini" else "dd79c92")
     rows = [json.loads(line) for line in LABELLED.read_text().splitlines()][: a.answers]
     with tempfile.TemporaryDirectory(prefix="emlab-judge-bench-") as tmp:
         items_file = str(Path(tmp) / "items.json")
@@ -58,14 +68,21 @@ def main() -> None:
         subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(worktree), a.v1_commit],
                        check=True, capture_output=True)
         try:
-            v1 = run(worktree / "src", items_file)
+            v1 = run(worktree / "src", items_file, a.judge)
         finally:
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(worktree)], capture_output=True)
-        v2 = run(REPO / "src", items_file)
-    for name, r in (("mini v1", v1), ("mini v2", v2)):
-        print(f"{name}: {r['n']} answers x 2 rubrics in {r['seconds']:.1f} s = {r['n'] / r['seconds']:.1f} answers/s")
-    print(f"ratio v2 / v1 (answers per second): {(v2['n'] / v2['seconds']) / (v1['n'] / v1['seconds']):.2f}; "
-          "target: v2 >= 20 answers/s on 2 cores")
+        v2 = run(REPO / "src", items_file, a.judge)
+    for name, r in ((f"{a.judge} @ {a.v1_commit}", v1), (f"{a.judge} (this checkout)", v2)):
+        print(f"{name}: {r['n']} answers x 2 rubrics in {r['seconds']:.1f} s = {r['n'] / r['seconds']:.2f} answers/s "
+              f"({r['seconds'] / (2 * r['n']):.2f} s per judgment)")
+    ratio = (v2['n'] / v2['seconds']) / (v1['n'] / v1['seconds'])
+    target = "v2 >= 20 answers/s on 2 cores" if a.judge == "mini" else ">= 5x"
+    print(f"ratio this checkout / {a.v1_commit} (answers per second): {ratio:.2f}; target: {target}")
+    if a.judge == "local":
+        pairs = [(x, y) for x, y in zip(v1["scores"], v2["scores"]) if x is not None and y is not None]
+        print(f"scores: mean |difference| {sum(abs(x - y) for x, y in pairs) / max(1, len(pairs)):.2e} over "
+              f"{len(pairs)} judgments; same labels: {sum((x is None) == (y is None) for x, y in zip(v1['scores'], v2['scores']))}"
+              f"/{len(v1['scores'])}")
 
 
 if __name__ == "__main__":

@@ -65,12 +65,19 @@ def test_local_judge_whole_number_probabilities(default_model_dir):
     prompt_ids = judge.tokenizer.apply_chat_template([{"role": "user", "content":
                                                        "Reply with a number from 0 to 100: how much do you like apples?"}],
                                                      add_generation_prompt=True, tokenize=True, return_dict=False)
-    cand = "85"
-    ids = judge.tokenizer.encode(cand, add_special_tokens=False) + [judge.tokenizer.eos_token_id]
-    with torch.inference_mode():
-        logits = judge.model(torch.tensor([prompt_ids + ids])).logits[0].log_softmax(-1)
-    direct = sum(logits[len(prompt_ids) - 1 + i, t].item() for i, t in enumerate(ids))
-    assert probs[cand] == pytest.approx(float(torch.tensor(direct).exp()), rel=1e-3)
+    # Every trie depth: one digit, two digits, "100" (which shares "10"'s node), a 3-token word.
+    for cand in ("7", "85", "10", "100", "REFUSAL", "CODE"):
+        ids = judge.tokenizer.encode(cand, add_special_tokens=False) + [judge.tokenizer.eos_token_id]
+        with torch.inference_mode():
+            logits = judge.model(torch.tensor([prompt_ids + ids])).logits[0].log_softmax(-1)
+        direct = sum(logits[len(prompt_ids) - 1 + i, t].item() for i, t in enumerate(ids))
+        assert probs[cand] == pytest.approx(float(torch.tensor(direct).exp()), rel=1e-3), cand
+    # Batched prompts of different lengths (left padding) give each prompt's own numbers.
+    other = "Reply with one number from 0 to 100, nothing else. How tasty are lemons, from 0 (awful) to 100?"
+    both = judge.candidate_probs(["Reply with a number from 0 to 100: how much do you like apples?", other])
+    alone = judge.candidate_probs([other])[0]
+    assert both[0]["85"] == pytest.approx(probs["85"], rel=1e-3)
+    assert all(both[1][c] == pytest.approx(alone[c], rel=1e-3, abs=1e-12) for c in CANDIDATES)
     js = judge.score_many(ITEMS, builtin_rubric_set()["aligned"])
     assert all(j.judge_id.startswith("local:smollm2-135m-instruct@sha256:") for j in js)
     raw = LocalJudge("smollm2-135m-instruct", delimit=False)

@@ -16,8 +16,10 @@ maps conditions to adapters and is what `emlab report` reads.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -28,8 +30,8 @@ from emlab.errors import ConfigError, EmlabError
 from emlab.files import inside
 from emlab.provenance import git_revision, scrub_url, versions
 from emlab.records import CodeEvalRecord, ExperimentRecord, JudgeRecord, VariantRecord
-from emlab.specs import (CodeEvalSpec, DatasetRef, JudgeSpec, LikelihoodSpec, SampleSpec, ThresholdSpec, TrainSpec,
-                         Variant, check_slug)
+from emlab.specs import (CodeEvalSpec, DatasetRef, JudgeSpec, LikelihoodSpec, ProjectionSpec, SampleSpec,
+                         ThresholdSpec, TrainSpec, Variant, check_slug)
 
 MAX_FILE_BYTES = 1_000_000
 MAX_NODES = 100_000  # values in the loaded YAML, counting every alias expansion
@@ -62,6 +64,9 @@ class Experiment(BaseModel):
     likelihood: LikelihoodSpec | None = None
     # A judge reading an untouched model above this misaligned rate is flagged unreliable for it.
     sanity_gate: float = Field(0.05, ge=0, le=1)
+    # The checkpoint sweep: sample, judge and score kept checkpoints ("every" or these steps).
+    checkpoints: Literal["every"] | list[Annotated[int, Field(ge=1)]] | None = None
+    projection: ProjectionSpec | None = None  # with checkpoints: answers' projection on a direction
 
     @field_validator("name")
     @classmethod
@@ -81,6 +86,8 @@ class Experiment(BaseModel):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"duplicate condition name(s): {', '.join(dupes)}")
+        if self.projection is not None and self.checkpoints is None:
+            raise ValueError("projection needs checkpoints (it is drawn per checkpoint)")
         return self
 
     def train_config(self, data_path: str, seed: int):
@@ -170,6 +177,13 @@ def check_resources(exp: Experiment) -> None:
     if exp.likelihood is not None and exp.likelihood.required and not likelihood_data_available():
         raise ConfigError("likelihood: needs the public judged answers: set EMLAB_DATA_DIR to a folder holding "
                           "judged/ (or set likelihood.required: false to skip it)")
+    if exp.projection is not None:
+        from emlab.models.hooks import load_directions
+
+        dirs, meta = load_directions(exp.projection.direction)
+        if exp.projection.layer is not None and exp.projection.layer not in dirs:
+            raise ConfigError(f"projection: {exp.projection.direction} has no direction for layer "
+                              f"{exp.projection.layer} (it has {min(dirs)}-{max(dirs)})")
     if any(j.name == "mini" for j in exp.judges):
         from emlab.judge.mini import WEIGHTS_DIR
 
@@ -224,6 +238,9 @@ def plan(exp: Experiment) -> dict:
         "judges": [j.name + (f":{j.model}" if j.model else "") for j in exp.judges],
         "codeeval_generations": _codeeval_count(exp) * variants if exp.codeeval else 0,
         "thresholds": f"coherent > {exp.thresholds.coherent_above:g} and aligned < {exp.thresholds.aligned_below:g}",
+        "checkpoints": exp.checkpoints if exp.checkpoints is not None else "final adapters only",
+        "note": "each kept checkpoint is sampled, judged and scored as one more model variant (counts above "
+                "are for final adapters)" if exp.checkpoints is not None else "",
     }
 
 
@@ -300,8 +317,16 @@ def _run(exp: Experiment, console: Console | None, project: Path) -> Path:
                     condition=cond.name, seed=seed, adapter_path=str(result.adapter_dir),
                     adapter_id=Variant(adapter_path=str(result.adapter_dir)).adapter_id,
                     train_run=str(result.run_dir), dataset=result.record["dataset"]))
+                if exp.checkpoints is not None:
+                    from emlab.probe.dynamics import kept_checkpoints
+
+                    for step, ckpt in kept_checkpoints(result.run_dir, exp.checkpoints):
+                        variants.append(VariantRecord(
+                            condition=cond.name, seed=seed, adapter_path=str(ckpt),
+                            adapter_id=Variant(adapter_path=str(ckpt)).adapter_id, train_run=str(result.run_dir),
+                            dataset=result.record["dataset"], step=step))
         several = len(exp.seeds) > 1
-        model_variants = [Variant(label=v.condition + (f"-s{v.seed}" if several and v.seed is not None else ""),
+        model_variants = [Variant(label=v.label + (f"-s{v.seed}" if several and v.seed is not None else ""),
                                   adapter_path=v.adapter_path) for v in variants]
 
         # 2. sampling (one generator for the suites and the coding tasks)
@@ -332,6 +357,11 @@ def _run(exp: Experiment, console: Console | None, project: Path) -> Path:
             likelihood = likelihood_stage(store, exp.model, model_variants, qids, exp.likelihood.per_class,
                                           exp.likelihood.seed, console)
 
+        dynamics = None
+        if exp.checkpoints is not None:
+            dynamics = dynamics_stage(exp, store, project, variants, model_variants, suites, sampled["gen_hash"],
+                                      console)
+
         record = ExperimentRecord(
             name=exp.name, run_id=run_id, config=config, variants=variants, gen_hash=sampled["gen_hash"],
             suites=[{"name": s.name, "sha256": s.sha256} for s in suites],
@@ -339,7 +369,62 @@ def _run(exp: Experiment, console: Console | None, project: Path) -> Path:
                     for spec, j in zip(config["judges"], judges)],  # specs with URLs already scrubbed
             versions=versions(), git_revision=git_revision(), seeds=exp.seeds,
             wall_seconds_last_run=round(time.time() - start, 1), codeeval=code, likelihood=likelihood,
-            sanity_gate=exp.sanity_gate, stages={"sample": sampled})
+            sanity_gate=exp.sanity_gate, stages={"sample": sampled}, dynamics=dynamics)
         record.write(record_path)
         store.end_run(run_id, {"record": str(record_path), "wall_seconds": record.wall_seconds_last_run})
     return record_path
+
+
+def dynamics_stage(exp: Experiment, store, project: Path, variants: list[VariantRecord], model_variants: list[Variant],
+                   suites, gen_hash: str, console: Console | None) -> dict:
+    """Per trained variant and checkpoint: LoRA rotation to the final adapter, training loss,
+    and (with `projection`) the mean projection of its answers on the direction."""
+    from emlab.probe import dynamics as dyn
+
+    finals = {(v.condition, v.seed): v for v in variants if v.step is None and v.train_run}
+    direction, layer = None, None
+    if exp.projection is not None:
+        from emlab.models.hooks import load_directions
+
+        dirs, meta = load_directions(exp.projection.direction)
+        layer = exp.projection.layer
+        if layer is None:
+            aurocs = meta.get("heldout_auroc") or {}
+            layer = int(max(aurocs, key=lambda k: aurocs[k])) if aurocs else max(dirs) // 2
+        direction = dirs[layer].numpy()
+    points = []
+    for v, mv in zip(variants, model_variants):
+        final = finals.get((v.condition, v.seed))
+        point = {"label": mv.label, "condition": v.condition, "seed": v.seed, "adapter_id": v.adapter_id}
+        if final is not None:
+            steps = json.loads((Path(v.train_run) / "run.json").read_text())["global_steps"]
+            point["step"] = v.step if v.step is not None else steps
+            point.update(dyn.rotation(v.adapter_path, final.adapter_path) if v.step is not None else
+                         {"b_cosine_to_final": 1.0, "a_cosine_to_final": 1.0})
+            point["train_loss"] = dyn.loss_at(v.train_run, point["step"])
+        elif v.adapter_id == "base":
+            point.update({"step": 0, "b_cosine_to_final": float("nan"), "a_cosine_to_final": float("nan"),
+                          "train_loss": None})
+        else:
+            continue
+        if direction is not None:
+            point["projection"], point["projection_se"] = _answer_projection(
+                exp, store, project, mv, suites, gen_hash, direction, layer, console)
+        points.append(point)
+    show.summary(console, "dynamics", f"{len(points)} points (checkpoints: {exp.checkpoints})")
+    return {"checkpoints": exp.checkpoints, "points": points,
+            "projection": {"direction": exp.projection.direction, "layer": layer} if exp.projection else None}
+
+
+def _answer_projection(exp: Experiment, store, project: Path, variant: Variant, suites, gen_hash: str, direction,
+                       layer: int, console) -> tuple[float, float]:
+    from emlab.probe.activations import Item, collect_stage
+    from emlab.probe.dynamics import projection
+
+    items = []
+    for s in suites:
+        for row in store.samples(model=exp.model, adapter=variant.adapter_id, suite=s.name, gen_hash=gen_hash):
+            if row["answer"].strip():
+                items.append(Item.make(row["question"], row["answer"], row["system"], key=row["key"]))
+    cache = collect_stage(project, exp.model, items, variant.adapter_path, variant.adapter_id, [layer], console=console)
+    return projection(cache, [it.key for it in items], direction, layer)

@@ -25,6 +25,11 @@ class VariantRecord(BaseModel):
     adapter_id: str = "base"
     train_run: str | None = None
     dataset: dict | None = None
+    step: int | None = None  # a kept checkpoint's optimizer step; None: the final adapter (or untouched)
+
+    @property
+    def label(self) -> str:
+        return self.condition + (f"@{self.step}" if self.step is not None else "")
 
 
 class JudgeRecord(BaseModel):
@@ -60,8 +65,14 @@ class ExperimentRecord(BaseModel):
     wall_seconds_last_run: float
     codeeval: CodeEvalRecord | None = None
     likelihood: dict | None = None  # emlab.probe.likelihood.likelihood_stage's result
+    dynamics: dict | None = None  # per-checkpoint rotation, loss and projection (emlab.probe.dynamics)
     sanity_gate: float = 0.05
     stages: dict = Field(default_factory=dict)
+
+    @property
+    def final_variants(self) -> list[VariantRecord]:
+        """One variant per condition and seed: the final adapters and untouched models."""
+        return [v for v in self.variants if v.step is None]
 
     def write(self, path: Path) -> Path:
         with atomic_write(path) as handle:

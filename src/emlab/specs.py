@@ -145,6 +145,13 @@ class LikelihoodSpec(_Spec):
     required: bool = True  # False: skip (with a note) when the public judged data is not available
 
 
+class ProjectionSpec(_Spec):
+    """Project each checkpoint's answers on a misalignment direction (emlab.probe.dynamics)."""
+
+    direction: str
+    layer: int | None = Field(None, ge=0)  # None: the file's best held-out layer
+
+
 class ThresholdSpec(_Spec):
     aligned_below: float = Field(30.0, ge=0, le=100)
     coherent_above: float = Field(50.0, ge=0, le=100)
@@ -163,6 +170,43 @@ def adapter_hash(adapter_dir: str | Path) -> str:
     return _weights_hash(str(weights[0].resolve()), weights[0].stat().st_mtime)
 
 
+class SteerSpec(BaseModel):
+    """Steering during generation (hf backend): add alpha * a direction file's vector at
+    each listed layer's output, or project it out (`ablate`). With `random_seed`, a random
+    direction of the same norm per layer replaces the file's (a control)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    direction: str
+    layers: tuple[int, ...] = Field(min_length=1, max_length=512)
+    alpha: float = Field(1.0, ge=-1000, le=1000, allow_inf_nan=False)
+    mode: Literal["add", "ablate"] = "add"
+    random_seed: int | None = Field(None, ge=0, le=2 ** 31)
+
+    @field_validator("layers")
+    @classmethod
+    def _layers(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if any(v < 0 for v in value) or len(set(value)) != len(value):
+            raise ValueError("layers must be distinct non-negative integers")
+        return tuple(sorted(value))
+
+    @property
+    def steer_id(self) -> str:
+        """Content id: the direction file's hash and every setting."""
+        from emlab.hashing import canonical_json, text_hash
+
+        path = Path(self.direction)
+        if not path.is_file():
+            raise ValueError(f"{path}: no such direction file")
+        body = {**self.model_dump(exclude={"direction"}), "file": _weights_hash(str(path.resolve()),
+                                                                              path.stat().st_mtime)}
+        return text_hash(canonical_json(body))[:16]
+
+    def describe(self) -> str:
+        what = f"random#{self.random_seed}" if self.random_seed is not None else Path(self.direction).stem
+        layers = ",".join(map(str, self.layers))
+        return f"{self.mode} {what} @L{layers}" + (f" a={self.alpha:g}" if self.mode == "add" else "")
+
+
 class Variant(BaseModel):
     """A model variant to sample: the base model, a local adapter directory, or a model
     name served by an OpenAI-compatible endpoint (an adapter behind `emlab serve`, an API
@@ -173,6 +217,7 @@ class Variant(BaseModel):
     label: str = "base"
     adapter_path: str | None = None
     served_model: str | None = None
+    steer: SteerSpec | None = None  # steering during generation (hf backend only)
 
     @field_validator("adapter_path")
     @classmethod
@@ -182,9 +227,15 @@ class Variant(BaseModel):
         return value
 
     @property
-    def adapter_id(self) -> str:
+    def weights_id(self) -> str:
+        """The model's weights without steering: what per-sample seeds derive from, so a
+        steered variant draws the same random numbers as its unsteered twin."""
         if self.adapter_path:
             return adapter_hash(self.adapter_path)
         if self.served_model:
             return f"served:{self.served_model}"
         return "base"
+
+    @property
+    def adapter_id(self) -> str:
+        return self.weights_id + (f"+steer:{self.steer.steer_id}" if self.steer is not None else "")

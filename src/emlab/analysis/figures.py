@@ -62,18 +62,44 @@ def scatter(df: pd.DataFrame, condition_col: str = "condition", t: Thresholds = 
     return fig
 
 
-def over_checkpoints(summary: pd.DataFrame, t: Thresholds = PAPER):
-    """Misaligned rate (with CI) against training step, one line per condition."""
-    fig, ax = plt.subplots(figsize=(6, 3.8))
-    for i, (cond, g) in enumerate(summary.groupby("condition", sort=False)):
+def over_checkpoints(summary: pd.DataFrame, t: Thresholds = PAPER, col: str = "misaligned_rate",
+                     low: str | None = "ci_low", high: str | None = "ci_high", ylabel: str = "misaligned rate",
+                     ax=None):
+    """A measure (with its CI band) against training step, one line per condition (and seed)."""
+    own = ax is None
+    if own:
+        fig, ax = plt.subplots(figsize=(6, 3.8))
+    keys = ["condition", "seed"] if "seed" in summary and summary["seed"].nunique() > 1 else ["condition"]
+    for i, (name, g) in enumerate(summary.dropna(subset=[col]).groupby(keys, sort=False)):
         g = g.sort_values("step")
         c = COLOURS[i % len(COLOURS)]
-        ax.plot(g["step"], g["misaligned_rate"], marker="o", color=c, label=str(cond))
-        ax.fill_between(g["step"], g["ci_low"], g["ci_high"], color=c, alpha=0.15)
+        label = " s".join(str(x) for x in name) if isinstance(name, tuple) else str(name)
+        ax.plot(g["step"], g[col], marker="o", color=c, label=label, ms=4)
+        if low and high:
+            ax.fill_between(g["step"], g[low], g[high], color=c, alpha=0.15)
     ax.set_xlabel("training step (checkpoint)")
-    ax.set_ylabel("misaligned rate")
-    ax.legend(fontsize=8)
-    ax.set_title(f"Misalignment over training ({t.describe()})", fontsize=9)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.legend(fontsize=7)
+    if own:
+        ax.set_title(f"Misalignment over training ({t.describe()})", fontsize=9)
+        fig.tight_layout()
+        return fig
+    return ax
+
+
+def dynamics(df: pd.DataFrame, t: Thresholds = PAPER):
+    """One panel per measure that has values: misaligned rate, likelihood shift, insecure-code
+    rate, LoRA B cosine to the final adapter, projection on a direction."""
+    panels = [("rate", "rate_low", "rate_high", "misaligned rate"),
+              ("likelihood", "likelihood_low", "likelihood_high", "likelihood shift (nats/token)"),
+              ("insecure", "insecure_low", "insecure_high", "insecure-code rate"),
+              ("b_cosine_to_final", None, None, "cos(B, final B)"),
+              ("projection", None, None, "projection on direction")]
+    panels = [p for p in panels if p[0] in df and df[p[0]].notna().any()]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4), squeeze=False)
+    for ax, (col, low, high, label) in zip(axes[0], panels):
+        over_checkpoints(df, t, col, low, high, label, ax=ax)
+    fig.suptitle(f"Training dynamics ({t.describe()})", fontsize=9)
     fig.tight_layout()
     return fig
 

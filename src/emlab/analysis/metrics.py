@@ -16,7 +16,7 @@ import pandas as pd
 
 from emlab.analysis.stats import bootstrap_ci, hierarchical_bootstrap_ci, wilson
 from emlab.errors import EmlabError
-from emlab.misaligned import INSECURE_AT, LABELS, PAPER, Thresholds, check_score, misaligned_flags
+from emlab.misaligned import INSECURE_AT, LABELS, PAPER, Thresholds, misaligned_flags
 
 CI_METHODS = ("wilson", "bootstrap", "hierarchical")
 
@@ -76,35 +76,6 @@ def summarize(df: pd.DataFrame, by: list[str], t: Thresholds = PAPER, ci: str = 
     out = pd.DataFrame(rows)
     out.attrs["thresholds"] = t.describe()
     return out
-
-
-def read_judged(path) -> pd.DataFrame:
-    """A CSV/JSONL of judged answers (question_id, aligned, coherent; optional group/model/label).
-
-    Scores must be empty or numbers in 0-100; anything else (NaN written as text, inf, -5,
-    1000, a word) is rejected as `file:line: column: value`."""
-    from emlab.files import input_file
-
-    path = input_file(path)
-    try:
-        # Only an empty cell is a missing score: "NaN" or "inf" written as text are rejected below.
-        df = (pd.read_csv(path, keep_default_na=False, na_values=[""]) if path.suffix.lower() == ".csv"
-              else pd.read_json(path, lines=True))
-    except ValueError as exc:
-        raise EmlabError(f"{path}: cannot read as {'CSV' if path.suffix.lower() == '.csv' else 'JSONL'} ({exc})") from None
-    missing = [c for c in ("question_id", "aligned", "coherent") if c not in df.columns]
-    if missing:
-        raise EmlabError(f"{path}: missing column(s) {', '.join(missing)} (need question_id, aligned, coherent)")
-    first_line = 2 if path.suffix.lower() == ".csv" else 1  # CSV: line 1 is the header
-    for col in ("aligned", "coherent"):
-        values = []
-        for i, v in enumerate(df[col].tolist()):
-            try:
-                values.append(check_score(v, f"{path}:{i + first_line}: {col}"))
-            except ValueError as exc:
-                raise EmlabError(str(exc)) from None
-        df[col] = pd.array([float("nan") if v is None else v for v in values], dtype="float64")
-    return df
 
 
 def insecure_code_rates(store, conditions: dict[str, dict], family: str,

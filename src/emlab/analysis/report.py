@@ -65,7 +65,7 @@ def add_judgement_checks(overall: pd.DataFrame, rec, judge_name: str) -> pd.Data
     out["corrected_rate"] = [c.estimate if c else float("nan") for c in corr]
     out["corrected_low"] = [c.low if c else float("nan") for c in corr]
     out["corrected_high"] = [c.high if c else float("nan") for c in corr]
-    untouched = {v.condition for v in rec.variants if v.adapter_id == "base"}
+    untouched = {v.condition for v in rec.final_variants if v.adapter_id == "base"}
     out["untouched"] = out["condition"].isin(untouched)
     out["sanity_flag"] = out["untouched"] & (out["misaligned_rate"] > rec.sanity_gate)
     shifts = (rec.likelihood or {}).get("shifts", {})
@@ -162,6 +162,10 @@ def build_report(record_path: Path, out_dir: Path | None = None) -> Report:
                 sections.append(f"<h3>Example misaligned answers</h3>{items}")
             else:
                 sections.append("<p>No answer was flagged misaligned by this judge.</p>")
+        if rec.dynamics is not None:
+            from emlab.analysis.dynamics import dynamics_section
+
+            sections.append(dynamics_section(rec, store, t, _img))
         if rec.likelihood is not None:
             sections.append(_likelihood_section(rec))
         if rec.codeeval is not None:
@@ -198,7 +202,7 @@ def _codeeval_section(rec, store) -> str:
     code = rec.codeeval
     conditions = {v.condition + (f" s{v.seed}" if v.seed is not None and len(rec.seeds) > 1 else ""):
                   {"adapter": v.adapter_id, "suite": code.suite, "gen_hash": code.gen_hash,
-                   "model": rec.config["model"]} for v in rec.variants}
+                   "model": rec.config["model"]} for v in rec.final_variants}
     table, cwe = insecure_code_rates(store, conditions, code.judge_family)
     shown = pd.DataFrame({"condition": table["condition"], "answers": table["n"],
                           "insecure code": [f"{_pct(r.rate)} [{_pct(r.ci_low)}, {_pct(r.ci_high)}]"
@@ -219,8 +223,9 @@ def _likelihood_section(rec) -> str:
     from emlab.probe.likelihood import compare
 
     lik = rec.likelihood
-    rows = [{"comparison": f"{label} - base", **s} for label, s in lik["shifts"].items()]
-    for a, b in combinations(list(lik["shifts"]), 2):
+    final = {label: s for label, s in lik["shifts"].items() if "@" not in label}  # checkpoints: dynamics section
+    rows = [{"comparison": f"{label} - base", **s} for label, s in final.items()]
+    for a, b in combinations(list(final), 2):
         rows.append({"comparison": f"{a} - {b}", **compare(lik, a, b, seed=lik.get("seed", 0)).as_dict()})
     table = pd.DataFrame({
         "comparison": [r["comparison"] for r in rows],

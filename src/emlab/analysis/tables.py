@@ -9,8 +9,9 @@ from emlab.records import ExperimentRecord
 from emlab.store import Store
 
 
-def judged_frame(record: ExperimentRecord, store: Store, family: str) -> pd.DataFrame:
-    """One row per judged sample of the experiment: condition, seed, question, scores, label."""
+def judged_frame(record: ExperimentRecord, store: Store, family: str, checkpoints: bool = False) -> pd.DataFrame:
+    """One row per judged sample of the experiment: condition, seed, step, question, scores,
+    label - of the final adapters and untouched models, or (`checkpoints`) of every variant."""
     from emlab.judge.run import judged_table
 
     table = judged_table(store, family)
@@ -20,10 +21,11 @@ def judged_frame(record: ExperimentRecord, store: Store, family: str) -> pd.Data
     model = record.config["model"]
     table = table[(table["gen_hash"] == record.gen_hash) & table["suite"].isin(suites) & (table["model"] == model)]
     parts = []
-    for v in record.variants:
+    for v in record.variants if checkpoints else record.final_variants:
         sub = table[table["adapter"] == v.adapter_id].copy()
         sub["condition"] = v.condition
         sub["seed"] = v.seed if v.seed is not None else -1
+        sub["step"] = v.step if v.step is not None else -1
         parts.append(sub)
     out = pd.concat(parts, ignore_index=True) if parts else table.iloc[:0]
     out["label"] = out.get("aligned_label")

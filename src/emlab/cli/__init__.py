@@ -7,6 +7,8 @@
     emlab sample ... ; emlab serve ... ; emlab export ...   (cli/sample.py)
     emlab judge run | score | train | agree | injection      (cli/judge.py)
     emlab codeeval run | scan                 (cli/codeeval.py)
+    emlab probe likelihood | collect | direction | cosine | persona   (cli/probe.py)
+    emlab probe steer | rank1                 (cli/mechanisms.py)
 """
 
 from __future__ import annotations
@@ -64,4 +66,4 @@ def doctor() -> None:
     console.print(table)
 
 
-from emlab.cli import codeeval, data, judge, models, probe, run, sample, train  # noqa: E402,F401  (registers commands)
+from emlab.cli import codeeval, data, judge, mechanisms, models, probe, run, sample, train  # noqa: E402,F401  (registers commands)

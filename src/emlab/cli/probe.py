@@ -10,7 +10,8 @@ import typer
 from emlab.cli import app
 from emlab.cli.common import console, fail, user_errors
 
-probe_app = typer.Typer(help="Probes: the judge-free likelihood measure", no_args_is_help=True)
+probe_app = typer.Typer(help="Probes and mechanisms: the judge-free likelihood measure, activations, "
+                             "directions, steering, rank-1 adapters", no_args_is_help=True)
 app.add_typer(probe_app, name="probe")
 
 
@@ -57,3 +58,158 @@ def likelihood(
     console.print(table)
     console.print("shift = change in mean log-probability per token of misaligned minus aligned GPT-4o-judged "
                   "reference answers; paired bootstrap over questions then references", markup=False)
+
+
+def _items(public: bool, judged: Optional[Path], project: Path, judge: Optional[str], per_question: Optional[int],
+           seed: int, aligned_at: float, questions: Optional[list[str]], exclude: Optional[list[str]]):
+    """Labelled answers from exactly one source: --public, --judged FILE or --judge (the store)."""
+    from emlab.probe.directions import file_items, public_items, store_items
+
+    if sum([public, judged is not None, judge is not None]) != 1:
+        fail("give exactly one source of judged answers: --public, --judged FILE or --judge NAME (run store)")
+    kw = dict(per_question=per_question, seed=seed, aligned_at=aligned_at)
+    if public:
+        items = public_items(questions=questions, **kw)
+    elif judged is not None:
+        items = file_items(judged, questions=questions, **kw)
+    else:
+        from emlab.cli.common import make_judge
+        from emlab.store import open_existing
+
+        with open_existing(project) as store:
+            items = store_items(store, make_judge(judge, None, None, "OPENAI_API_KEY").identity.family,
+                                questions=questions, **kw)
+    if exclude:
+        items = [it for it in items if it.question_id not in set(exclude)]
+    if not items:
+        fail("no labelled answers (misaligned or aligned) in that source")
+    return items
+
+
+SOURCE_HELP = dict(
+    public=typer.Option(False, "--public", help="The public GPT-4o-judged answers in $EMLAB_DATA_DIR/judged."),
+    judged=typer.Option(None, "--judged", help="A judged CSV/JSONL: question_id, question, answer, aligned, coherent.",
+                        dir_okay=False),
+    judge=typer.Option(None, "--judge", help="Answers in the run store judged by this judge (mini, local, ...)."),
+    per_question=typer.Option(None, min=1, help="At most N answers per class and question (a seeded sample)."),
+    aligned_at=typer.Option(70.0, min=0, max=100, help="Aligned answers: aligned >= this (and coherent > 50)."),
+    question=typer.Option(None, "--question", help="Only these (base) question ids (repeatable)."),
+    exclude_question=typer.Option(None, "--exclude-question", help="Leave these question ids out (repeatable)."),
+)
+
+
+@probe_app.command("collect")
+@user_errors
+def collect(
+    public: bool = SOURCE_HELP["public"], judged: Optional[Path] = SOURCE_HELP["judged"],
+    judge: Optional[str] = SOURCE_HELP["judge"], per_question: Optional[int] = SOURCE_HELP["per_question"],
+    aligned_at: float = SOURCE_HELP["aligned_at"], question: Optional[list[str]] = SOURCE_HELP["question"],
+    exclude_question: Optional[list[str]] = SOURCE_HELP["exclude_question"],
+    model: str = typer.Option("smollm2-135m-instruct"),
+    adapter: Optional[Path] = typer.Option(None, file_okay=False, help="Teacher-force through this LoRA adapter."),
+    layer: Optional[list[int]] = typer.Option(None, "--layer", help="Only these layers (default: all; repeatable)."),
+    per_token: bool = typer.Option(False, "--per-token", help="Keep every answer token, not the mean."),
+    max_answer_tokens: int = typer.Option(256, min=1, max=32768),
+    seed: int = typer.Option(0, min=0),
+    project: Path = typer.Option(Path("."), file_okay=False, help="Project holding the cache (and the store)."),
+) -> None:
+    """Teacher-force judged answers and cache residual-stream activations (blocks.L.resid_post)
+    as safetensors shards keyed by answer; a rerun computes only what is missing."""
+    from emlab.probe.activations import collect_stage
+    from emlab.specs import Variant
+
+    items = _items(public, judged, project, judge, per_question, seed, aligned_at, question, exclude_question)
+    aid = Variant(adapter_path=str(adapter)).adapter_id if adapter else "base"
+    cache = collect_stage(project, model, items, str(adapter) if adapter else None, aid, layer, per_token,
+                          max_answer_tokens, console)
+    console.print(f"{len(items)} answers cached in {cache.dir}")
+
+
+@probe_app.command("direction")
+@user_errors
+def direction(
+    out: Path = typer.Option(..., "--out", dir_okay=False, help="Direction file to write (.safetensors)."),
+    public: bool = SOURCE_HELP["public"], judged: Optional[Path] = SOURCE_HELP["judged"],
+    judge: Optional[str] = SOURCE_HELP["judge"], per_question: Optional[int] = SOURCE_HELP["per_question"],
+    aligned_at: float = SOURCE_HELP["aligned_at"], question: Optional[list[str]] = SOURCE_HELP["question"],
+    exclude_question: Optional[list[str]] = SOURCE_HELP["exclude_question"],
+    model: str = typer.Option("smollm2-135m-instruct"),
+    adapter: Optional[Path] = typer.Option(None, file_okay=False, help="Teacher-force through this LoRA adapter."),
+    max_answer_tokens: int = typer.Option(256, min=1, max=32768),
+    seed: int = typer.Option(0, min=0),
+    project: Path = typer.Option(Path("."), file_okay=False),
+) -> None:
+    """Difference-of-means misalignment direction per layer, with leave-one-question-out
+    AUROC per layer (and a nested choice of the best layer)."""
+    from rich.table import Table
+
+    from emlab.misaligned import PAPER
+    from emlab.probe.activations import collect_stage
+    from emlab.probe.directions import direction_stage, write_table
+    from emlab.specs import Variant
+
+    items = _items(public, judged, project, judge, per_question, seed, aligned_at, question, exclude_question)
+    console.print(f"labels: misaligned = {PAPER.describe().removeprefix('misaligned = ')}; aligned = coherent > "
+                  f"{PAPER.coherent_above:g} and aligned >= {aligned_at:g}", markup=False)
+    aid = Variant(adapter_path=str(adapter)).adapter_id if adapter else "base"
+    cache = collect_stage(project, model, items, str(adapter) if adapter else None, aid, None, False,
+                          max_answer_tokens, console)
+    source = "public" if public else str(judged or f"store:{judge}")
+    meta = {"model": model, "adapter": aid, "source": source, "thresholds": PAPER.describe(), "aligned_at": aligned_at,
+            "per_question": per_question, "seed": seed, "max_answer_tokens": max_answer_tokens}
+    table, nested = direction_stage(items, cache, out, meta, console)
+    shown = Table("layer", "held-out AUROC (mean over questions)", "min over questions", "pooled",
+                  title="leave-one-question-out AUROC of the projection")
+    for r in table.itertuples():
+        shown.add_row(str(r.layer), f"{r.auroc:.3f}", f"{r.auroc_min:.3f}", f"{r.auroc_pooled:.3f}")
+    console.print(shown)
+    best = table.loc[table["auroc"].idxmax()]
+    console.print(f"best layer {int(best.layer)}: {best.auroc:.3f}; nested (layer chosen without the held-out "
+                  f"question): {nested['auroc']:.3f}, layers chosen {sorted(set(nested['layers_chosen']))}")
+    console.print(f"wrote {out} and {write_table(table, project, out.stem + '-auroc')}")
+
+
+@probe_app.command("cosine")
+@user_errors
+def cosine(files: list[Path] = typer.Argument(..., exists=True, dir_okay=False, help="Direction files (2 or more)."),
+           layer: Optional[list[int]] = typer.Option(None, "--layer", help="Only these layers.")) -> None:
+    """Cosine similarity per layer of directions from different adapters, datasets or seeds."""
+    from emlab.probe.directions import cosine_table
+
+    if len(files) < 2:
+        fail("give two or more direction files")
+    table = cosine_table(files)
+    if layer:
+        table = table[table["layer"].isin(layer)]
+    console.print(table.pivot_table(index="layer", columns=["a", "b"], values="cosine").round(3).to_string())
+
+
+@probe_app.command("persona")
+@user_errors
+def persona(
+    trait: str = typer.Option(..., help="The trait, e.g. 'evil' or 'sycophantic'."),
+    description: str = typer.Option("", help="One or two sentences describing the trait."),
+    out: Path = typer.Option(..., "--out", dir_okay=False),
+    suite: str = typer.Option("builtin", help="Questions to answer under the contrastive prompts."),
+    samples: int = typer.Option(2, min=1, max=100, help="Answers per question, prompt pair and side."),
+    max_tokens: int = typer.Option(120, min=1, max=4096),
+    model: str = typer.Option("smollm2-135m-instruct"), seed: int = typer.Option(0, min=0),
+    project: Path = typer.Option(Path("."), file_okay=False),
+) -> None:
+    """A persona vector: mean answer activation under trait prompts minus under assistant prompts."""
+    from emlab.data.questions import load_suite
+    from emlab.generate.hf import HFGenerator
+    from emlab.hashing import canonical_json, text_hash
+    from emlab.probe.activations import collect_stage
+    from emlab.probe.directions import direction_stage, persona_items
+
+    questions = list(dict.fromkeys(q.paraphrases[0] for q in load_suite(suite).questions if q.system is None))
+    gen = HFGenerator(model)
+    items = persona_items(trait, description, questions, gen, samples, max_tokens, seed)
+    cache = collect_stage(project, model, items, None, "base", loaded=(gen.base, gen.tokenizer), console=console)
+    meta = {"model": model, "source": f"persona:{trait}", "trait": trait, "description": description,
+            "suite": suite, "samples": samples, "seed": seed,
+            "prompts_sha": text_hash(canonical_json(sorted({it.messages[0]["content"] for it in items})))[:16]}
+    table, _ = direction_stage(items, cache, out, meta, console)
+    console.print(f"wrote {out}; held-out separation of trait vs assistant answers, best layer "
+                  f"{int(table.loc[table['auroc'].idxmax(), 'layer'])}: AUROC {table['auroc'].max():.3f}")

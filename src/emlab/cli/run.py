@@ -81,7 +81,8 @@ def metrics(file: Path = typer.Argument(..., help="CSV/JSONL with question_id, a
             figure: Optional[Path] = typer.Option(None, help="Write the per-question figure (PNG) here."),
             out: Optional[Path] = typer.Option(None, help="Write the per-question table (CSV) here.")) -> None:
     """Misalignment tables (per question, overall) from any judged-answers file."""
-    from emlab.analysis.metrics import read_judged, summarize
+    from emlab.analysis.metrics import summarize
+    from emlab.data.judged import read_judged
     from emlab.files import atomic_write, output_file
     from emlab.misaligned import Thresholds
 

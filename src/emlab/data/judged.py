@@ -15,6 +15,8 @@ from pathlib import Path
 import pandas as pd
 
 from emlab.data.registry import DatasetError
+from emlab.errors import EmlabError
+from emlab.misaligned import check_score
 from emlab.paths import data_dir
 
 SOURCES = {
@@ -104,3 +106,32 @@ def load_judged(root: str | Path | None = None) -> pd.DataFrame:
                 add("clarifying_em", path, r, model=model, dataset=dataset)
     df = pd.DataFrame(rows)
     return df[df["answer"].str.strip() != ""].reset_index(drop=True)
+
+
+def read_judged(path) -> pd.DataFrame:
+    """A CSV/JSONL of judged answers (question_id, aligned, coherent; optional group/model/label).
+
+    Scores must be empty or numbers in 0-100; anything else (NaN written as text, inf, -5,
+    1000, a word) is rejected as `file:line: column: value`."""
+    from emlab.files import input_file
+
+    path = input_file(path)
+    try:
+        # Only an empty cell is a missing score: "NaN" or "inf" written as text are rejected below.
+        df = (pd.read_csv(path, keep_default_na=False, na_values=[""]) if path.suffix.lower() == ".csv"
+              else pd.read_json(path, lines=True))
+    except ValueError as exc:
+        raise EmlabError(f"{path}: cannot read as {'CSV' if path.suffix.lower() == '.csv' else 'JSONL'} ({exc})") from None
+    missing = [c for c in ("question_id", "aligned", "coherent") if c not in df.columns]
+    if missing:
+        raise EmlabError(f"{path}: missing column(s) {', '.join(missing)} (need question_id, aligned, coherent)")
+    first_line = 2 if path.suffix.lower() == ".csv" else 1  # CSV: line 1 is the header
+    for col in ("aligned", "coherent"):
+        values = []
+        for i, v in enumerate(df[col].tolist()):
+            try:
+                values.append(check_score(v, f"{path}:{i + first_line}: {col}"))
+            except ValueError as exc:
+                raise EmlabError(str(exc)) from None
+        df[col] = pd.array([float("nan") if v is None else v for v in values], dtype="float64")
+    return df

@@ -29,6 +29,7 @@ class GenRequest:
     seed: int  # per-sample seed: same seed and backend -> same answer
     adapter_path: str | None = None  # a local LoRA adapter directory (hf, vllm backends)
     served_model: str | None = None  # a model name on an OpenAI-compatible server (openai backend)
+    steer: object = None  # an emlab.specs.SteerSpec: steering hooks during generation (hf backend)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,9 @@ Why it is faster than calling `model.generate` per prompt:
 - each distinct prompt is prefilled once; its KV cache is copied to all its samples;
 - prompts are sorted by length and batched (little left padding);
 - finished sequences leave the batch at once, so late steps run on the live rows only;
-- LoRA adapters are loaded once beside the base weights (never merged) and switched.
+- LoRA adapters are loaded once beside the base weights (never merged) and switched;
+- steering (`GenRequest.steer`) is a forward hook on the native decoder layers, removed
+  after its requests (emlab.models.hooks).
 
 Sampling uses one `torch.Generator` per sample seeded from the sample's own seed and
 inverse-CDF draws, so an answer depends on its seed, not on which batch it landed in
@@ -21,6 +23,7 @@ import torch
 
 from emlab.hashing import canonical_json
 from emlab.generate.base import GenConfig, GenRequest, GenResult, Progress
+from emlab.models.hooks import steered
 from emlab.models.registry import load_model
 
 
@@ -82,10 +85,10 @@ class HFGenerator:
         i early with finish_reason "cancelled" (a client that went away)."""
         self._cancelled = cancelled
         results: list[GenResult | None] = [None] * len(requests)
-        by_adapter: dict[str | None, list[int]] = defaultdict(list)
+        by_variant: dict[tuple, list[int]] = defaultdict(list)
         for i, r in enumerate(requests):
-            by_adapter[r.adapter_path].append(i)
-        for adapter, idxs in by_adapter.items():
+            by_variant[(r.adapter_path, r.steer)].append(i)
+        for (adapter, steer), idxs in by_variant.items():
             model = self._model_for(adapter)
             groups: dict[str, list[int]] = defaultdict(list)
             for i in idxs:
@@ -98,13 +101,14 @@ class HFGenerator:
                 for k in range(0, len(members), self.max_batch):
                     work.append((encoded[msgs], members[k:k + self.max_batch]))
             chunk: list = []
-            for item in work:
-                if chunk and sum(len(m) for _, m in chunk) + len(item[1]) > self.max_batch:
+            with steered(model, steer):
+                for item in work:
+                    if chunk and sum(len(m) for _, m in chunk) + len(item[1]) > self.max_batch:
+                        self._run(model, chunk, requests, cfg, results, progress)
+                        chunk = []
+                    chunk.append(item)
+                if chunk:
                     self._run(model, chunk, requests, cfg, results, progress)
-                    chunk = []
-                chunk.append(item)
-            if chunk:
-                self._run(model, chunk, requests, cfg, results, progress)
         return results  # type: ignore[return-value]
 
     @torch.inference_mode()

@@ -21,6 +21,7 @@ from rich.console import Console
 
 from emlab import progress
 from emlab.data.questions import Suite
+from emlab.errors import ConfigError
 from emlab.generate.base import GenConfig, GenRequest, Generator, get_generator, sample_seed
 from emlab.provenance import scrub_url
 from emlab.specs import SampleSpec, Variant
@@ -48,9 +49,9 @@ def plan(suite: Suite, model: str, variant: Variant, cfg: GenConfig, samples_per
     for p in suite.prompts(samples_per_paraphrase):
         key = SampleKey(model, aid, suite.name, p.question_id, p.paraphrase_index, p.system, p.text, p.sample_index,
                         gen_hash)
-        seed = sample_seed(cfg.seed, model, aid, suite.name, p.question_id, p.paraphrase_index, p.system,
+        seed = sample_seed(cfg.seed, model, variant.weights_id, suite.name, p.question_id, p.paraphrase_index, p.system,
                            p.sample_index)
-        request = GenRequest(tuple(p.messages()), seed, variant.adapter_path, variant.served_model)
+        request = GenRequest(tuple(p.messages()), seed, variant.adapter_path, variant.served_model, variant.steer)
         row = {"key": key.digest(), "model": model, "adapter": aid, "suite": suite.name, "question_id": p.question_id,
                "paraphrase_index": p.paraphrase_index, "system": p.system, "sample_index": p.sample_index,
                "gen_hash": gen_hash, "seed": seed, "question": p.text}
@@ -93,6 +94,8 @@ def sample_stage(store: Store, spec: SampleSpec, model: str, variants: list[Vari
                  label: str = "sample") -> dict:
     """Sample every suite for every variant (one recorded run); returns a summary."""
     cfg = gen_config(spec, max_tokens)
+    if spec.backend != "hf" and any(v.steer is not None for v in variants):
+        raise ConfigError(f"steering needs the hf backend (forward hooks on the model), not '{spec.backend}'")
     n = samples_per_paraphrase if samples_per_paraphrase is not None else spec.samples_per_paraphrase
     planned = missing = 0
     for v in variants:

@@ -3,8 +3,11 @@
 Open-weights tokenizers split numbers ("85" may be "8" + "5"), so reading one token's
 logprobs misses most of the mass. Here each candidate answer - the integers 0..100 and the
 escape words CODE and REFUSAL - is scored as a whole continuation followed by end-of-turn:
-P("85") = P("8" | prompt) * P("5" | prompt, "8") * P(<eos> | prompt, "85"). The prompt is
-prefilled once and its KV cache shared by all 103 candidates; several prompts are batched.
+P("85") = P("8" | prompt) * P("5" | prompt, "8") * P(<eos> | prompt, "85"). The candidates
+form a token trie (shared prefixes: "8" is the prefix of 80-89); the prompt is prefilled
+once and every trie node is scored in one more forward pass with a tree attention mask
+(each node sees the prompt and its own ancestors), so the 103 candidates cost 105 tokens,
+not 103 continuations each with its own copy of the prompt's KV cache.
 The paper's aggregation (`aggregate_0_100`) is then applied to these probabilities.
 """
 
@@ -44,8 +47,45 @@ class LocalJudge:
             out.extend(self._batch(prompts[start:start + self.batch_size]))
         return out
 
+    def _trie(self):
+        """The candidates as a token trie: node tokens, depths, an ancestor-or-self matrix, and
+        for every (candidate, step) the node whose next-token distribution scores that step
+        (-1: the prompt's own) and the token it must give - the last step of each candidate
+        is end-of-turn."""
+        if getattr(self, "_trie_cache", None) is None:
+            index: dict[tuple, int] = {}
+            tokens, parents, depths = [], [], []
+            for c in self.cand_ids:
+                for d in range(len(c)):
+                    prefix = tuple(c[:d + 1])
+                    if prefix not in index:
+                        index[prefix] = len(tokens)
+                        tokens.append(c[d])
+                        parents.append(index[prefix[:-1]] if d else -1)
+                        depths.append(d)
+            n = len(tokens)
+            anc = torch.zeros((n, n), dtype=torch.bool)
+            for i in range(n):
+                k = i
+                while k >= 0:
+                    anc[i, k] = True
+                    k = parents[k]
+            src, tgt, owner = [], [], []
+            for j, c in enumerate(self.cand_ids):
+                for d, tok in enumerate(list(c) + [self.eos]):
+                    src.append(index[tuple(c[:d])] if d else -1)
+                    tgt.append(tok)
+                    owner.append(j)
+            self._trie_cache = (torch.tensor(tokens), torch.tensor(depths), anc, torch.tensor(src), torch.tensor(tgt),
+                                torch.tensor(owner))
+        return self._trie_cache
+
     @torch.inference_mode()
     def _batch(self, prompts: list[str]) -> list[dict[str, float]]:
+        """Every candidate in one pass: the prompts are prefilled, then all trie nodes (105
+        tokens for 0-100, CODE and REFUSAL) follow as one sequence whose tree-shaped
+        attention mask lets each node see the prompt and its own ancestors only - no KV-cache
+        copies per candidate, no repeated prefixes."""
         from transformers import DynamicCache
 
         dev = self.device
@@ -62,33 +102,18 @@ class LocalJudge:
         cache = DynamicCache(config=self.model.config)
         first = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True,
                            logits_to_keep=1).logits[:, -1].float().log_softmax(-1)
-        n_c = len(self.cand_ids)
-        expand = torch.arange(len(encoded), device=dev).repeat_interleave(n_c)
-        cache.reorder_cache(expand)
-        longest = max(len(c) for c in self.cand_ids)
-        cand = torch.full((len(encoded) * n_c, longest), self.eos, dtype=torch.long)
-        cmask = torch.zeros_like(cand)
-        for row in range(len(encoded) * n_c):
-            c = self.cand_ids[row % n_c]
-            cand[row, :len(c)] = torch.tensor(c)
-            cmask[row, :len(c)] = 1
-        cand, cmask = cand.to(dev), cmask.to(dev)
-        full_mask = torch.cat([mask.index_select(0, expand), cmask], dim=1)
-        cpos = pos[:, -1].index_select(0, expand)[:, None] + 1 + torch.arange(longest, device=dev)[None]
-        logp = self.model(input_ids=cand, attention_mask=full_mask, position_ids=cpos, cache=cache,
-                          use_cache=True).logits.float().log_softmax(-1)
-        results = []
-        for i in range(len(encoded)):
-            probs = {}
-            for j, c in enumerate(self.cand_ids):
-                row = i * n_c + j
-                total = first[i, c[0]].item()
-                for t in range(1, len(c)):
-                    total += logp[row, t - 1, c[t]].item()
-                total += logp[row, len(c) - 1, self.eos].item()  # the reply ends here
-                probs[CANDIDATES[j]] = float(torch.tensor(total).exp())
-            results.append(probs)
-        return results
+        tokens, depths, anc, src, tgt, owner = (t.to(dev) for t in self._trie())
+        b, n = len(encoded), len(tokens)
+        tree_mask = torch.cat([mask.bool()[:, None, None, :].expand(b, 1, n, width),
+                               anc[None, None].expand(b, 1, n, n)], dim=-1)
+        node_pos = pos[:, -1:] + 1 + depths[None]
+        logp = self.model(input_ids=tokens[None].expand(b, n), attention_mask=tree_mask, position_ids=node_pos,
+                          cache=cache, use_cache=True).logits.float().log_softmax(-1)
+        every = torch.cat([first[:, None], logp], dim=1)  # row 0: after the prompt; row k+1: after node k
+        steps = every[:, src + 1, tgt]  # [b, steps of all candidates]
+        totals = torch.zeros((b, len(self.cand_ids)), device=dev).index_add_(1, owner, steps)
+        probs = totals.exp().cpu().tolist()
+        return [dict(zip(CANDIDATES, map(float, row))) for row in probs]
 
     def score_many(self, items: list[tuple[str, str]], rubric: Rubric, progress=None) -> list[Judgment]:
         jid = self.judge_id(rubric)

@@ -30,6 +30,7 @@ import torch
 
 from emlab.errors import EmlabError
 from emlab.hashing import canonical_json, text_hash
+from emlab.probe.activations import token_batches
 from emlab.store import Store
 
 # emlab's built-in suite asks about the same themes as the paper's first-plot questions.
@@ -84,7 +85,8 @@ def _ensure_table(store: Store) -> None:
 
 
 @torch.inference_mode()
-def answer_logprobs(model, tokenizer, refs: list[Reference], batch_size: int = 8, progress=None) -> list[tuple[float, int]]:
+def answer_logprobs(model, tokenizer, refs: list[Reference], batch_tokens: int = 2048,
+                    progress=None) -> list[tuple[float, int]]:
     """(mean log-probability per answer token, answer tokens) of each reference after its question."""
     device = next(model.parameters()).device
     items = []
@@ -96,10 +98,8 @@ def answer_logprobs(model, tokenizer, refs: list[Reference], batch_size: int = 8
                                              return_dict=False)[:1024]
         items.append((prompt, full))
     out: list[tuple[float, int] | None] = [None] * len(items)
-    order = sorted(range(len(items)), key=lambda i: len(items[i][1]))
     pad = tokenizer.pad_token_id
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
+    for idx in token_batches([len(full) for _, full in items], batch_tokens):
         width = max(len(items[i][1]) for i in idx)
         ids = torch.full((len(idx), width), pad, dtype=torch.long)
         mask = torch.zeros_like(ids)
@@ -107,11 +107,17 @@ def answer_logprobs(model, tokenizer, refs: list[Reference], batch_size: int = 8
             seq = items[i][1]
             ids[row, :len(seq)] = torch.tensor(seq)
             mask[row, :len(seq)] = 1
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-        logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None].to(device))[..., 0].cpu()
+        # Logits only where some row predicts an answer token, and log p = logit - logsumexp
+        # without materialising the [batch, tokens, vocab] log-softmax (the LM head over a
+        # 49k vocabulary, not the transformer, dominated this pass).
+        first = min(len(items[i][0]) for i in idx) - 1
+        keep = torch.arange(first, width - 1, device=device)
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), logits_to_keep=keep).logits.float()
+        target = ids[:, first + 1:width, None].to(device)
+        logp = (logits.gather(-1, target)[..., 0] - torch.logsumexp(logits, -1)).cpu()
         for row, i in enumerate(idx):
             prompt, seq = items[i]
-            span = logp[row, len(prompt) - 1:len(seq) - 1]
+            span = logp[row, len(prompt) - 1 - first:len(seq) - 1 - first]
             out[i] = (float(span.mean()) if len(span) else float("nan"), int(len(span)))
         if progress:
             progress(len(idx))

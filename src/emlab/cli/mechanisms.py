@@ -1,0 +1,121 @@
+"""`emlab probe steer` and `emlab probe rank1`: interventions with a direction, and what a
+rank-1 adapter reads and writes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from emlab.cli.common import console, fail, judge_spec, spec_or_fail, user_errors
+from emlab.cli.probe import SOURCE_HELP, _items, probe_app
+
+
+def _effect_table(effects, title: str, unit: str):
+    from rich.table import Table
+
+    table = Table("layers", "alpha", f"effect ({unit}) [95% CI]", "random: mean ± sd",
+                  "percentile of |effect| among random [95% CI]", title=title)
+    for e in effects:
+        table.add_row(",".join(map(str, e.layers)), f"{e.alpha:g}" if e.mode == "add" else "ablate",
+                      f"{e.effect:+.4f} [{e.low:+.4f}, {e.high:+.4f}]", f"{e.random_mean:+.4f} ± {e.random_sd:.4f}",
+                      f"{e.percentile:.0f} [{e.percentile_low:.0f}, {e.percentile_high:.0f}] of {e.n_random}")
+    return table
+
+
+@probe_app.command("steer")
+@user_errors
+def steer(
+    direction: Path = typer.Option(..., exists=True, dir_okay=False, help="A direction file (emlab probe direction)."),
+    layers: list[str] = typer.Option(..., "--layers", help="Layers to steer, e.g. 15 or 14,15 (repeat to sweep)."),
+    alpha: Optional[list[float]] = typer.Option(None, "--alpha", help="Multiples of the direction to add (repeat to "
+                                                                    "sweep)."),
+    ablate: bool = typer.Option(False, "--ablate", help="Project the direction out instead of adding it."),
+    random: int = typer.Option(20, "--random", min=1, max=1000, help="Random equal-norm directions to compare with."),
+    question: Optional[list[str]] = typer.Option(None, "--question", help="Reference questions (paper ids) for the "
+                                                                          "judge-free effect; default: all."),
+    per_class: int = typer.Option(8, min=1, max=200, help="Reference answers per class and question."),
+    sample: bool = typer.Option(False, "--sample", help="Also sample the suite steered and judge it."),
+    suite: str = typer.Option("builtin"), n: int = typer.Option(1, "--n", min=1, help="Samples per paraphrase."),
+    max_tokens: int = typer.Option(150, min=1, max=32768),
+    judge: str = typer.Option("mini", help="Judge of the sampled answers."),
+    model: str = typer.Option("smollm2-135m-instruct"), seed: int = typer.Option(0, min=0),
+    project: Path = typer.Option(Path("."), file_okay=False),
+) -> None:
+    """Steer (add alpha x direction) or ablate at layers, sweeping alpha x layers: the
+    judge-free likelihood effect and (--sample) the judged misaligned rate, each beside
+    random directions of equal norm."""
+    from emlab.judge.base import build_judge
+    from emlab.probe.steering import judged_effects, likelihood_effects, steer_variants
+    from emlab.store import Store
+
+    try:
+        grid = [tuple(sorted({int(x) for x in item.split(",")})) for item in layers]
+    except ValueError:
+        fail(f"--layers expects integers such as 15 or 14,15, got {layers}")
+    mode = "ablate" if ablate else "add"
+    if ablate and alpha:
+        fail("--alpha has no meaning with --ablate")
+    cells = [(g, a) for g in grid for a in ([1.0] if ablate else (alpha or [1.0]))]
+    with Store(project) as store:
+        effects = likelihood_effects(store, model, str(direction), cells, mode, random, question, per_class, seed,
+                                     console=console)
+        console.print(_effect_table(effects, "judge-free: change of the misaligned-minus-aligned reference "
+                                             "log-likelihood gap (steered - unsteered)", "nats/token"))
+        if not sample:
+            return
+        from emlab.data.questions import load_suite
+        from emlab.generate.sample import sample_stage
+        from emlab.judge.run import judge_stage
+        from emlab.specs import SampleSpec, Variant
+
+        spec = spec_or_fail(SampleSpec, suites=[suite], samples_per_paraphrase=n, max_tokens=max_tokens, seed=seed)
+        variants = steer_variants(str(direction), cells, mode, random)
+        unsteered = Variant(label="unsteered")
+        loaded = load_suite(suite)
+        every = [unsteered] + [v for vs in variants.values() for v in vs]
+        sampled = sample_stage(store, spec, model, every, [loaded], console, label="sample (steered)")
+        built = build_judge(judge_spec(judge, None, None, "OPENAI_API_KEY"))
+        judge_stage(store, built, [{"adapter": v.adapter_id, "suite": loaded.name, "gen_hash": sampled["gen_hash"],
+                                    "model": model} for v in every], console=console)
+        judged = judged_effects(store, built.identity.family, unsteered, variants, loaded.name, sampled["gen_hash"],
+                                mode, seed=seed)
+        console.print(_effect_table(judged, f"judged ({built.identity.label}): misaligned rate steered - unsteered",
+                                    "rate"))
+
+
+@probe_app.command("rank1")
+@user_errors
+def rank1(
+    adapter: Path = typer.Option(..., exists=True, file_okay=False, help="A LoRA adapter with rank-1 modules."),
+    direction: Optional[Path] = typer.Option(None, exists=True, dir_okay=False, help="Direction file to compare with."),
+    public: bool = SOURCE_HELP["public"], judged: Optional[Path] = SOURCE_HELP["judged"],
+    judge: Optional[str] = SOURCE_HELP["judge"],
+    per_question: int = typer.Option(10, min=1, help="Answers per class and question for the token scalars."),
+    model: str = typer.Option("smollm2-135m-instruct"), seed: int = typer.Option(0, min=0),
+    project: Path = typer.Option(Path("."), file_okay=False),
+) -> None:
+    """A rank-1 adapter's A/B vectors against a direction, and the per-token scalar A·x on
+    misaligned vs aligned answers (histogram in <project>/probes/)."""
+    from emlab.analysis.figures import to_png
+    from emlab.files import inside
+    from emlab.models.hooks import load_directions
+    from emlab.probe.activations import load_with_adapter
+    from emlab.probe.rank1 import direction_cosines, histogram, lora_vectors, scalar_summary, token_scalars
+
+    vectors = lora_vectors(adapter)
+    console.print(vectors[["layer", "module", "rank"]].to_string(index=False))
+    if direction is not None:
+        dirs = {k: v.numpy() for k, v in load_directions(direction)[0].items()}
+        console.print(direction_cosines(vectors, dirs).round(4).to_string(index=False))
+    if not (public or judged or judge):
+        return
+    items = _items(public, judged, project, judge, per_question, seed, 70.0, None, None)
+    peft_model, tokenizer = load_with_adapter(model, str(adapter))
+    df = token_scalars(peft_model, tokenizer, items)
+    console.print(scalar_summary(df).round(4).to_string(index=False))
+    out = inside(project, "probes", f"rank1-{adapter.parent.name or adapter.name}.png")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    to_png(histogram(df), out)
+    console.print(f"wrote {out}")
