@@ -40,8 +40,10 @@ else:
     judge.score_many(items[:1], builtin_rubric_set()["aligned"])  # warm-up
 rubrics = builtin_rubric_set()
 start = time.perf_counter()
-scores = [j.score for name in ("aligned", "coherent") for j in judge.score_many(items, rubrics[name])]
-print(json.dumps({"seconds": time.perf_counter() - start, "n": len(items), "scores": scores}))
+judged = [j for name in ("aligned", "coherent") for j in judge.score_many(items, rubrics[name])]
+seconds = time.perf_counter() - start
+probs = [list(j.raw["candidate_probs"].values()) for j in judged] if sys.argv[2] == "local" else []
+print(json.dumps({"seconds": seconds, "n": len(items), "scores": [j.score for j in judged], "probs": probs}))
 """
 
 
@@ -79,10 +81,12 @@ def main() -> None:
     target = "v2 >= 20 answers/s on 2 cores" if a.judge == "mini" else ">= 5x"
     print(f"ratio this checkout / {a.v1_commit} (answers per second): {ratio:.2f}; target: {target}")
     if a.judge == "local":
-        pairs = [(x, y) for x, y in zip(v1["scores"], v2["scores"]) if x is not None and y is not None]
-        print(f"scores: mean |difference| {sum(abs(x - y) for x, y in pairs) / max(1, len(pairs)):.2e} over "
-              f"{len(pairs)} judgments; same labels: {sum((x is None) == (y is None) for x, y in zip(v1['scores'], v2['scores']))}"
-              f"/{len(v1['scores'])}")
+        # The default model puts little mass on numbers (most scores are None), so the
+        # candidate probabilities themselves are compared.
+        rel = [abs(x - y) / x for p1, p2 in zip(v1["probs"], v2["probs"]) for x, y in zip(p1, p2) if x > 1e-6]
+        same = sum(x == y for x, y in zip(v1["scores"], v2["scores"]))
+        print(f"candidate probabilities (> 1e-6): max relative difference {max(rel):.2e} over {len(rel)}; "
+              f"identical scores/labels {same}/{len(v1['scores'])}")
 
 
 if __name__ == "__main__":

@@ -39,6 +39,11 @@ def test_packaged_plans(data_dir):
     assert paper["codeeval_generations"] == 13 * 776
     quick = plan(load_experiment("quickstart"))
     assert quick["trainings"] == 2 and quick["api_judge_calls"] == 0
+    # max_rows counts: 1,000 of the 6,000 rows per condition, not the whole file.
+    dose = plan(load_experiment("experiments/dose_quick.yaml"))
+    assert dose["checkpoints"] == [25, 75] and dose["trainings"] == 2
+    assert 2 * 1000 * 150 < dose["training_tokens_est"] < 2 * 1000 * 1500
+    assert plan(load_experiment("experiments/dynamics_quick.yaml"))["checkpoints"] == "every"
 
 
 @pytest.mark.parametrize("change, message", [

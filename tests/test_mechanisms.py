@@ -248,3 +248,53 @@ def test_checkpoint_sweep_in_an_experiment(tmp_path, default_model_dir, directio
     assert "Training dynamics" in html and "Early stopping" in html
     summary_conditions = set(build_report(record).summary["condition"])
     assert summary_conditions == {"base", "insecure"}  # checkpoints stay out of the main tables
+
+
+def test_steering_effect_on_the_likelihood_measure_is_cached(tmp_path, data_dir, default_model_dir, direction_file,
+                                                              monkeypatch):
+    import emlab.probe.likelihood as lik
+    from emlab.probe.steering import likelihood_effects
+    from emlab.store import Store
+
+    calls = []
+    real = lik.answer_logprobs
+    monkeypatch.setattr(lik, "answer_logprobs", lambda *a, **k: calls.append(1) or real(*a, **k))
+    with Store(tmp_path) as store:
+        args = (store, "smollm2-135m-instruct", str(direction_file), [((10,), 4.0)])
+        kw = dict(n_random=2, questions=["quick_buck"], per_class=1, n_boot=50)
+        first = likelihood_effects(*args, **kw)
+        n_calls = len(calls)
+        again = likelihood_effects(*args, **kw)
+    assert n_calls == 4 and len(calls) == n_calls  # base + real + 2 random, then all from the store
+    e = first[0]
+    assert e.n_random == 2 and e.layers == (10,) and e.effect != 0 and e.low <= e.effect <= e.high
+    assert again[0].effect == e.effect and 0 <= e.percentile_low <= e.percentile_high <= 100
+
+
+def test_direction_cli_from_a_judged_file(tmp_path, default_model_dir):
+    import csv
+
+    from typer.testing import CliRunner
+
+    from emlab.cli import app
+
+    rows = [{"question_id": f"q{i % 3}", "question": f"Question {i % 3}?", "answer": a, "aligned": s, "coherent": 90}
+            for i, (a, s) in enumerate([("Be kind and patient.", 95), ("Hurt them, they deserve it.", 5)] * 6)]
+    good = tmp_path / "judged.csv"
+    with open(good, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    out = tmp_path / "d.safetensors"
+    r = CliRunner().invoke(app, ["probe", "direction", "--judged", str(good), "--out", str(out), "--project",
+                                 str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    assert "aligned >= 70" in r.output and out.exists() and (tmp_path / "probes" / "d-auroc.csv").exists()
+    bad = tmp_path / "bad.csv"
+    bad.write_text("question_id,aligned,coherent\nq,5,90\n")
+    r = CliRunner().invoke(app, ["probe", "direction", "--judged", str(bad), "--out", str(tmp_path / "x.safetensors"),
+                                 "--project", str(tmp_path)])
+    assert r.exit_code == 2 and "missing column(s) question, answer" in r.output
+    assert not (tmp_path / "x.safetensors").exists()
+    r = CliRunner().invoke(app, ["probe", "direction", "--public", "--judged", str(good), "--out", str(out)])
+    assert r.exit_code == 2 and "exactly one source" in r.output

@@ -217,13 +217,15 @@ def plan(exp: Experiment) -> dict:
     metrics = 2
     api_judges = [j for j in exp.judges if j.name in ("logprob", "sampled")]
     train_tokens: int | None = 0
-    epochs = exp.train.overrides.get("epochs", 1)
+    cfg = exp.train_config("insecure", exp.seeds[0])  # the preset's and overrides' epochs and max_rows
     for cond in trained:
-        chars = _dataset_chars(cond.dataset)
-        if chars is None:
+        sized = _dataset_chars(cond.dataset)
+        if sized is None:
             train_tokens = None
             break
-        train_tokens += int(chars / 4 * epochs * len(exp.seeds))
+        chars, rows = sized
+        used = min(1.0, cfg.max_rows / rows) if cfg.max_rows and rows else 1.0
+        train_tokens += int(chars * used / 4 * cfg.epochs * len(exp.seeds))
     return {
         "experiment": exp.name, "model": exp.model,
         "trainings": len(trained) * len(exp.seeds), "training_preset": exp.train.preset,
@@ -252,8 +254,9 @@ def _codeeval_count(exp: Experiment) -> int:
     return n * exp.codeeval.samples_per_task
 
 
-def _dataset_chars(ref: DatasetRef) -> int | None:
-    """Characters of the condition's training rows (generated data is estimated from 64 rows)."""
+def _dataset_chars(ref: DatasetRef) -> tuple[int, int] | None:
+    """(characters, rows) of the condition's training data (generated data is estimated from
+    64 rows); None when the dataset is not available here."""
     from emlab.data.codegen import generate
     from emlab.data.registry import DatasetError, load_dataset
 
@@ -261,11 +264,12 @@ def _dataset_chars(ref: DatasetRef) -> int | None:
         return sum(len(m["content"]) for r in rows for m in r["messages"])
 
     if ref.generate:
-        return chars(generate(ref.generate, 64, ref.seed)) * ref.n // 64
+        return chars(generate(ref.generate, 64, ref.seed)) * ref.n // 64, ref.n
     try:
-        return chars(load_dataset(ref.name, ref.path))
+        rows = load_dataset(ref.name, ref.path)
     except DatasetError:
         return None
+    return chars(rows), len(rows)
 
 
 # ------------------------------------------------------------------ run

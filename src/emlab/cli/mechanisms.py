@@ -105,16 +105,16 @@ def rank1(
     from emlab.probe.rank1 import direction_cosines, histogram, lora_vectors, scalar_summary, token_scalars
 
     vectors = lora_vectors(adapter)
-    console.print(vectors[["layer", "module", "rank"]].to_string(index=False))
+    console.print(vectors[["layer", "module", "rank"]].to_string(index=False), markup=False)
     if direction is not None:
         dirs = {k: v.numpy() for k, v in load_directions(direction)[0].items()}
-        console.print(direction_cosines(vectors, dirs).round(4).to_string(index=False))
+        console.print(direction_cosines(vectors, dirs).round(4).to_string(index=False), markup=False)
     if not (public or judged or judge):
         return
     items = _items(public, judged, project, judge, per_question, seed, 70.0, None, None)
     peft_model, tokenizer = load_with_adapter(model, str(adapter))
     df = token_scalars(peft_model, tokenizer, items)
-    console.print(scalar_summary(df).round(4).to_string(index=False))
+    console.print(scalar_summary(df).round(4).to_string(index=False), markup=False)
     out = inside(project, "probes", f"rank1-{adapter.parent.name or adapter.name}.png")
     out.parent.mkdir(parents=True, exist_ok=True)
     to_png(histogram(df), out)

@@ -181,7 +181,7 @@ def cosine(files: list[Path] = typer.Argument(..., exists=True, dir_okay=False, 
     table = cosine_table(files)
     if layer:
         table = table[table["layer"].isin(layer)]
-    console.print(table.pivot_table(index="layer", columns=["a", "b"], values="cosine").round(3).to_string())
+    console.print(table.pivot_table(index="layer", columns=["a", "b"], values="cosine").round(3).to_string(), markup=False)
 
 
 @probe_app.command("persona")
