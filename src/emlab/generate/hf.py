@@ -184,7 +184,8 @@ class HFGenerator:
         logits = logits.float()
         if cfg.temperature == 0:
             return logits.argmax(-1)
-        probs = torch.softmax(logits / cfg.temperature, dim=-1)
+        # Dividing by 1.0 changes no bit; skipping it saves a pass over [rows, vocab].
+        probs = torch.softmax(logits / cfg.temperature if cfg.temperature != 1.0 else logits, dim=-1)
         if cfg.top_p < 1.0:
             sorted_p, order = probs.sort(dim=-1, descending=True)
             cum = sorted_p.cumsum(-1)
