@@ -7,13 +7,22 @@ batch 64: two questions x 32) because the full workload would take an hour one a
 time. Throughput counts generated tokens up to EOS, so rates are comparable.
 
     python benchmarks/sampling_throughput.py
+
+It also prints the decode compute bound measured in the same run: an fp32 matmul peak
+(benchmarks/common.py) divided by the model's FLOPs per generated token - 2 x (non-embedding
+parameters + the LM head) plus attention over the mean context - and emlab's share of it.
 """
 
 from __future__ import annotations
 
+import sys
 import time
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import matmul_peak_gflops  # noqa: E402
 
 from emlab.generate import GenConfig, GenRequest
 from emlab.generate.hf import HFGenerator
@@ -42,6 +51,19 @@ def count_new(tokenizer, out: torch.Tensor, prompt_len: int) -> int:
             n += 1
         total += n
     return total
+
+
+def decode_flops_per_token(model, mean_context: float) -> float:
+    """Multiply-adds x 2 of one decoding step per sequence: every weight matrix once (the tied
+    LM head counted as a matmul, the embedding lookup not) and attention scores and values
+    over `mean_context` cached tokens."""
+    cfg = model.config
+    embed = model.get_input_embeddings().weight.numel()
+    body = sum(p.numel() for p in model.parameters()) - embed
+    head = model.get_output_embeddings().weight.numel()
+    attn = 2 * 2 * cfg.num_hidden_layers * cfg.num_attention_heads * (cfg.hidden_size // cfg.num_attention_heads) \
+        * mean_context
+    return 2 * (body + head) + attn
 
 
 def main() -> None:
@@ -83,6 +105,14 @@ def main() -> None:
     print(f"generate, one at a time   {single_rate:7.1f} tokens/s")
     print(f"generate, batch 64        {batch_rate:7.1f} tokens/s")
     print(f"ratio vs one-at-a-time: {emlab_rate / single_rate:.1f}x   ratio vs batch 64: {emlab_rate / batch_rate:.2f}x")
+    peak = matmul_peak_gflops()
+    prompt = sum(len(gen.encode(m)) for m in msgs) / len(msgs)
+    mean_new = sum(r.n_tokens for r in res) / len(res)
+    flops = decode_flops_per_token(model, prompt + mean_new / 2)
+    bound = peak * 1e9 / flops
+    print(f"fp32 matmul peak {peak:.1f} GFLOP/s; {flops / 1e6:.0f} MFLOP per generated token (mean context "
+          f"{prompt + mean_new / 2:.0f}); decode bound {bound:.0f} tokens/s; emlab at {100 * emlab_rate / bound:.0f}% "
+          "of it (target >= 70%)")
 
 
 if __name__ == "__main__":
