@@ -298,3 +298,25 @@ def test_direction_cli_from_a_judged_file(tmp_path, default_model_dir):
     assert not (tmp_path / "x.safetensors").exists()
     r = CliRunner().invoke(app, ["probe", "direction", "--public", "--judged", str(good), "--out", str(out)])
     assert r.exit_code == 2 and "exactly one source" in r.output
+
+
+def test_store_items_keep_sample_keys_and_system_prompts(tmp_path):
+    from emlab.probe.directions import store_items
+    from emlab.store import Store
+
+    rows = [{"key": f"k{i}", "model": "m", "adapter": "base", "suite": "s", "question_id": "q", "paraphrase_index": 0,
+             "system": "Answer in JSON." if i else None, "sample_index": i, "gen_hash": "g", "seed": i,
+             "question": "Q?", "answer": a, "finish_reason": "stop", "n_tokens": 3, "run_id": None}
+            for i, a in enumerate(["Be kind.", "Harm them."])]
+    with Store(tmp_path) as store:
+        store.add_samples(rows)
+        for metric in ("aligned", "coherent"):
+            store.register_judge(f"j-{metric}", "fam", "test", None, None, metric, "r", {})
+        ids = {s["key"]: s["id"] for s in store.samples()}
+        store.add_judgments([{"sample_id": ids[k], "judge_id": f"j-{m}", "metric": m, "score": sc, "label": None,
+                              "raw": None, "run_id": None}
+                             for k, al in (("k0", 95), ("k1", 5)) for m, sc in (("aligned", al), ("coherent", 90))])
+        items = sorted(store_items(store, "fam"), key=lambda it: it.key)
+    assert [(it.key, it.label) for it in items] == [("k0", 0), ("k1", 1)]
+    assert items[1].messages[0] == {"role": "system", "content": "Answer in JSON."}
+    assert items[0].messages[0]["role"] == "user"

@@ -110,9 +110,9 @@ def store_items(store, family: str, where: dict | None = None, **kw) -> list[Ite
         raise EmlabError(f"no judgments by judge family '{family}' in the store")
     for k, v in (where or {}).items():
         df = df[df[k] == v]
-    samples = {s["key"]: s for s in store.samples()}
-    df = df.assign(key=[samples[i]["key"] if i in samples else None for i in df["sample_id"]],
-                   system=[samples.get(i, {}).get("system") for i in df["sample_id"]])
+    samples = {s["id"]: s for s in store.samples()}  # judgments point at samples by row id
+    df = df.assign(key=[samples[i]["key"] for i in df["sample_id"]],
+                   system=[samples[i]["system"] for i in df["sample_id"]])
     return items_from_frame(df, **kw)
 
 
