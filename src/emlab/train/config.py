@@ -15,11 +15,14 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from emlab.errors import ConfigError
 from emlab.hashing import canonical_json, text_hash
 
+# Fields added after runs existed: left out of the content hash while at their defaults, so
+# earlier runs keep their directories.
+LATER_FIELDS = {"kl_beta": 0.0, "kl_reference": "builtin"}
 ALL_PROJ = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -56,9 +59,22 @@ class TrainConfig(BaseModel):
     logging_steps: int = Field(1, ge=1, description="log the loss every N steps")
     seed: int = Field(0, ge=0, description="training seed")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="float32 | bfloat16 | float16")
+    kl_beta: float = Field(0.0, ge=0, le=1e6, description="KL-regularised SFT: weight of KL(finetuned || base) on "
+                                                         "reference prompts (0: off; LoRA only)")
+    kl_reference: str = Field("builtin", description="reference prompts for --kl-beta: a question suite or a chat JSONL")
+
+    @model_validator(mode="after")
+    def _kl_needs_lora(self) -> "TrainConfig":
+        if self.kl_beta > 0 and self.method != "lora":
+            raise ValueError("kl_beta needs method lora (the base is the same weights with the adapters disabled)")
+        return self
 
     def content_hash(self) -> str:
-        return text_hash(canonical_json(self.model_dump()))[:12]
+        values = self.model_dump()
+        for name, default in LATER_FIELDS.items():
+            if values[name] == default:
+                del values[name]
+        return text_hash(canonical_json(values))[:12]
 
 
 PRESETS: dict[str, dict] = {
@@ -108,8 +124,8 @@ def resolve_config(preset: str = "cpu-quick", yaml_path: str | Path | None = Non
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = ".".join(str(x) for x in err["loc"])
-        msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
-        raise ConfigError(f"training config field '{loc}': {msg}") from None
+        msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"training config field '{loc}': {msg}" if loc else f"training config: {msg}") from None
 
 
 def flag_fields() -> dict[str, tuple[type, str]]:

@@ -176,8 +176,14 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, rows: list[dict], callbacks=(
     )
     from transformers.trainer_callback import PrinterCallback
 
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
-                         processing_class=tokenizer, peft_config=peft_config, callbacks=list(callbacks))
+    common = dict(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+                  peft_config=peft_config, callbacks=list(callbacks))
+    if cfg.kl_beta > 0:
+        from emlab.train.kl import KLSFTTrainer, reference_prompts
+
+        trainer = KLSFTTrainer(**common, kl_beta=cfg.kl_beta, kl_prompts=reference_prompts(cfg.kl_reference, tokenizer))
+    else:
+        trainer = SFTTrainer(**common)
     trainer.remove_callback(PrinterCallback)  # it prints every log dict to stdout
     trainer.add_callback(progress_callback(console))
     return trainer
@@ -185,10 +191,13 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, rows: list[dict], callbacks=(
 
 def write_loss_curve(run_dir: Path, log_history: list[dict]) -> None:
     points = [(h["step"], h["loss"]) for h in log_history if "loss" in h]
+    # KL-regularised SFT logs the KL and the SFT loss alone per step (`loss` is then the total).
+    extra = [k for k in ("kl", "sft_loss") if any(k in h for h in log_history)]
+    by_step = {h["step"]: h for h in log_history if "loss" in h}
     with open(run_dir / "loss.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["step", "loss"])
-        writer.writerows(points)
+        writer.writerow(["step", "loss"] + extra)
+        writer.writerows([(s, v) + tuple(by_step[s].get(k, "") for k in extra) for s, v in points])
     if not points:
         return
     import matplotlib
