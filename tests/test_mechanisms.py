@@ -184,6 +184,11 @@ def test_percentile_ci_from_joint_bootstrap():
     lo, hi = percentile_ci(real, rand, w)
     assert lo == 100 and hi == 100
     np.testing.assert_allclose(w.sum(1), 0, atol=1e-9)  # each replicate: misaligned minus aligned means
+    from emlab.probe.likelihood import shift
+    from emlab.probe.steering import _point_weights
+
+    d = np.random.default_rng(2).normal(size=24)  # the point weights give shift()'s estimate
+    assert _point_weights(questions, mis) @ d == pytest.approx(shift(d, np.zeros(24), questions, mis, 10).estimate)
 
 
 def test_rank1_vectors_cosines_and_token_scalars(tmp_path, smol):

@@ -317,18 +317,16 @@ def _run(exp: Experiment, console: Console | None, project: Path) -> Path:
                 show.summary(console, "train", f"{cond.name} seed {seed} ({exp.train.preset}, {data_path.name})")
                 result = train_stage(store, exp.train_config(str(data_path), seed), inside(project, "runs", "train"),
                                      console)
-                variants.append(VariantRecord(
-                    condition=cond.name, seed=seed, adapter_path=str(result.adapter_dir),
-                    adapter_id=Variant(adapter_path=str(result.adapter_dir)).adapter_id,
-                    train_run=str(result.run_dir), dataset=result.record["dataset"]))
+                kept = []  # the checkpoint sweep: (step, directory) of each kept checkpoint asked for
                 if exp.checkpoints is not None:
                     from emlab.probe.dynamics import kept_checkpoints
 
-                    for step, ckpt in kept_checkpoints(result.run_dir, exp.checkpoints):
-                        variants.append(VariantRecord(
-                            condition=cond.name, seed=seed, adapter_path=str(ckpt),
-                            adapter_id=Variant(adapter_path=str(ckpt)).adapter_id, train_run=str(result.run_dir),
-                            dataset=result.record["dataset"], step=step))
+                    kept = kept_checkpoints(result.run_dir, exp.checkpoints)
+                for step, weights in [(None, result.adapter_dir), *kept]:
+                    variants.append(VariantRecord(
+                        condition=cond.name, seed=seed, adapter_path=str(weights),
+                        adapter_id=Variant(adapter_path=str(weights)).adapter_id, train_run=str(result.run_dir),
+                        dataset=result.record["dataset"], step=step))
         several = len(exp.seeds) > 1
         model_variants = [Variant(label=v.label + (f"-s{v.seed}" if several and v.seed is not None else ""),
                                   adapter_path=v.adapter_path) for v in variants]

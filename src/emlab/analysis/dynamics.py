@@ -18,9 +18,15 @@ from emlab.analysis.metrics import insecure_code_rates, summarize
 from emlab.misaligned import Thresholds
 
 
-def dynamics_table(rec, store, t: Thresholds) -> pd.DataFrame:
+def judged_points(rec, store) -> pd.DataFrame:
+    """The first judge's judgments of every variant, checkpoints included (empty without a judge)."""
     from emlab.analysis.tables import judged_frame
 
+    return judged_frame(rec, store, rec.judges[0].family, checkpoints=True) if rec.judges else pd.DataFrame()
+
+
+def dynamics_table(rec, store, t: Thresholds, judged: pd.DataFrame) -> pd.DataFrame:
+    """One row per curve point; `judged` is `judged_points(rec, store)`."""
     points = pd.DataFrame(rec.dynamics["points"])
     base = points[points["step"] == 0]
     trained = points[points["step"] > 0]
@@ -31,12 +37,10 @@ def dynamics_table(rec, store, t: Thresholds) -> pd.DataFrame:
     for col in ("rate", "rate_low", "rate_high", "likelihood", "likelihood_low", "likelihood_high",
                 "insecure", "insecure_low", "insecure_high"):
         df[col] = np.nan
-    if rec.judges:
-        judged = judged_frame(rec, store, rec.judges[0].family, checkpoints=True)
-        if not judged.empty:
-            summary = summarize(judged.assign(adapter_id=judged["adapter"]), ["adapter_id"], t).set_index("adapter_id")
-            for col, src in (("rate", "misaligned_rate"), ("rate_low", "ci_low"), ("rate_high", "ci_high")):
-                df[col] = df["adapter_id"].map(summary[src])
+    if not judged.empty:
+        summary = summarize(judged.assign(adapter_id=judged["adapter"]), ["adapter_id"], t).set_index("adapter_id")
+        for col, src in (("rate", "misaligned_rate"), ("rate_low", "ci_low"), ("rate_high", "ci_high")):
+            df[col] = df["adapter_id"].map(summary[src])
     shifts = (rec.likelihood or {}).get("shifts", {})
     for col, key in (("likelihood", "estimate"), ("likelihood_low", "low"), ("likelihood_high", "high")):
         df[col] = [0.0 if a == "base" else shifts.get(label, {}).get(key, np.nan)
@@ -70,18 +74,16 @@ def early_stops(df: pd.DataFrame) -> list[dict]:
     return out
 
 
-def paired_differences(rec, store, df: pd.DataFrame, t: Thresholds) -> pd.DataFrame:
+def paired_differences(rec, df: pd.DataFrame, judged: pd.DataFrame, t: Thresholds) -> pd.DataFrame:
     """At every step two trained conditions share (same seed): the first condition minus each
     other one - likelihood shift (paired bootstrap CI) and misaligned rate (bootstrap CI,
     permutation p) - the insecure-minus-control curve."""
     from emlab.analysis.stats import compare as compare_rates
-    from emlab.analysis.tables import judged_frame
     from emlab.misaligned import misaligned_flags
     from emlab.probe.likelihood import compare
 
     trained = df[df["step"] > 0]
     conditions = list(dict.fromkeys(trained["condition"]))
-    judged = judged_frame(rec, store, rec.judges[0].family, checkpoints=True) if rec.judges else pd.DataFrame()
     rows = []
     for other in conditions[1:]:
         a_rows, b_rows = trained[trained["condition"] == conditions[0]], trained[trained["condition"] == other]
@@ -112,7 +114,8 @@ def _ci(x, lo, hi, pct: bool) -> str:
 
 
 def dynamics_section(rec, store, t: Thresholds, img) -> str:
-    df = dynamics_table(rec, store, t)
+    judged = judged_points(rec, store)  # read once: the table and the differences both use it
+    df = dynamics_table(rec, store, t, judged)
     shown = pd.DataFrame({
         "condition": df["condition"], "seed": df["seed"], "step": df["step"],
         "misaligned rate [95% CI]": [_ci(r.rate, r.rate_low, r.rate_high, True) for r in df.itertuples()],
@@ -125,7 +128,7 @@ def dynamics_section(rec, store, t: Thresholds, img) -> str:
     if "projection" in df:
         shown["projection"] = [f"{p:+.3f} ± {s:.3f}" for p, s in zip(df["projection"], df["projection_se"])]
     stops = early_stops(df)
-    diffs = paired_differences(rec, store, df, t)
+    diffs = paired_differences(rec, df, judged, t)
     diff_html = ""
     if len(diffs):
         shown_diffs = pd.DataFrame({

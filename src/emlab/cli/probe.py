@@ -86,6 +86,17 @@ def _items(public: bool, judged: Optional[Path], project: Path, judge: Optional[
     return items
 
 
+def _collect(project: Path, model: str, items, adapter: Optional[Path], layers, per_token: bool,
+             max_answer_tokens: int):
+    """The activation cache of `items` under the model (+ adapter), collected where missing."""
+    from emlab.probe.activations import collect_stage
+    from emlab.specs import Variant
+
+    aid = Variant(adapter_path=str(adapter)).adapter_id if adapter else "base"
+    return collect_stage(project, model, items, str(adapter) if adapter else None, aid, layers, per_token,
+                         max_answer_tokens, console)
+
+
 SOURCE_HELP = dict(
     public=typer.Option(False, "--public", help="The public GPT-4o-judged answers in $EMLAB_DATA_DIR/judged."),
     judged=typer.Option(None, "--judged", help="A judged CSV/JSONL: question_id, question, answer, aligned, coherent.",
@@ -115,13 +126,8 @@ def collect(
 ) -> None:
     """Teacher-force judged answers and cache residual-stream activations (blocks.L.resid_post)
     as safetensors shards keyed by answer; a rerun computes only what is missing."""
-    from emlab.probe.activations import collect_stage
-    from emlab.specs import Variant
-
     items = _items(public, judged, project, judge, per_question, seed, aligned_at, question, exclude_question)
-    aid = Variant(adapter_path=str(adapter)).adapter_id if adapter else "base"
-    cache = collect_stage(project, model, items, str(adapter) if adapter else None, aid, layer, per_token,
-                          max_answer_tokens, console)
+    cache = _collect(project, model, items, adapter, layer, per_token, max_answer_tokens)
     console.print(f"{len(items)} answers cached in {cache.dir}")
 
 
@@ -144,18 +150,15 @@ def direction(
     from rich.table import Table
 
     from emlab.misaligned import PAPER
-    from emlab.probe.activations import collect_stage
     from emlab.probe.directions import direction_stage, write_table
-    from emlab.specs import Variant
 
     items = _items(public, judged, project, judge, per_question, seed, aligned_at, question, exclude_question)
     console.print(f"labels: misaligned = {PAPER.describe().removeprefix('misaligned = ')}; aligned = coherent > "
                   f"{PAPER.coherent_above:g} and aligned >= {aligned_at:g}", markup=False)
-    aid = Variant(adapter_path=str(adapter)).adapter_id if adapter else "base"
-    cache = collect_stage(project, model, items, str(adapter) if adapter else None, aid, None, False,
-                          max_answer_tokens, console)
+    cache = _collect(project, model, items, adapter, None, False, max_answer_tokens)
     source = "public" if public else str(judged or f"store:{judge}")
-    meta = {"model": model, "adapter": aid, "source": source, "thresholds": PAPER.describe(), "aligned_at": aligned_at,
+    meta = {"model": model, "adapter": cache.adapter_id, "source": source, "thresholds": PAPER.describe(),
+            "aligned_at": aligned_at,
             "per_question": per_question, "seed": seed, "max_answer_tokens": max_answer_tokens}
     table, nested = direction_stage(items, cache, out, meta, console)
     shown = Table("layer", "held-out AUROC (mean over questions)", "min over questions", "pooled",

@@ -49,22 +49,39 @@ class SteerEffect:
         return asdict(self)
 
 
+def _classes(questions: list[str], misaligned: list[bool]) -> list[tuple[list[int], list[int]]]:
+    """(misaligned ref indices, aligned ref indices) of every question that has both."""
+    out = []
+    for q in sorted(set(questions)):
+        bad = [i for i, (qq, m) in enumerate(zip(questions, misaligned)) if qq == q and m]
+        good = [i for i, (qq, m) in enumerate(zip(questions, misaligned)) if qq == q and not m]
+        if bad and good:
+            out.append((bad, good))
+    return out
+
+
+def _point_weights(questions: list[str], misaligned: list[bool]) -> np.ndarray:
+    """[n_refs] weights w such that D @ w is the mean over questions of (mean of misaligned
+    refs - mean of aligned refs): `emlab.probe.likelihood.shift`'s estimate."""
+    classes = _classes(questions, misaligned)
+    w = np.zeros(len(questions))
+    for bad, good in classes:
+        w[bad] += 1.0 / (len(bad) * len(classes))
+        w[good] -= 1.0 / (len(good) * len(classes))
+    return w
+
+
 def _boot_weights(questions: list[str], misaligned: list[bool], n_boot: int, seed: int) -> np.ndarray:
-    """[n_boot, n_refs] weights w such that D @ w is the bootstrap replicate of the mean over
-    questions of (mean of misaligned refs - mean of aligned refs)."""
-    qs = sorted(set(questions))
-    bad = {q: [i for i, (qq, m) in enumerate(zip(questions, misaligned)) if qq == q and m] for q in qs}
-    good = {q: [i for i, (qq, m) in enumerate(zip(questions, misaligned)) if qq == q and not m] for q in qs}
-    qs = [q for q in qs if bad[q] and good[q]]
+    """[n_boot, n_refs] weights: row b gives the bootstrap replicate b of that estimate
+    (questions resampled, then references within each class)."""
+    classes = _classes(questions, misaligned)
     rng = np.random.default_rng(seed)
     w = np.zeros((n_boot, len(questions)))
     for b in range(n_boot):
-        picked = rng.choice(len(qs), size=len(qs))
-        for k in picked:
-            q = qs[k]
-            for idx, sign in ((bad[q], 1.0), (good[q], -1.0)):
+        for k in rng.choice(len(classes), size=len(classes)):
+            for idx, sign in zip(classes[k], (1.0, -1.0)):
                 draws = rng.integers(0, len(idx), len(idx))
-                np.add.at(w[b], np.asarray(idx)[draws], sign / (len(idx) * len(qs)))
+                np.add.at(w[b], np.asarray(idx)[draws], sign / (len(idx) * len(classes)))
     return w
 
 
@@ -92,22 +109,21 @@ def likelihood_effects(store, model_name: str, direction: str, cells: list[tuple
     if not refs:
         raise EmlabError("no reference answers for these questions in the public judged data")
     qids, mis = [r.question_id for r in refs], [r.misaligned for r in refs]
-    weights = _boot_weights(qids, mis, n_boot, seed)
+    weights, point = _boot_weights(qids, mis, n_boot, seed), _point_weights(qids, mis)
     model, tokenizer = load_with_adapter(model_name)
     out = []
     with show.stage(console, "steer (likelihood)", len(refs) * (1 + len(cells) * (1 + n_random))) as advance:
         base = score_variant(store, model_name, None, "base", refs, loaded=(model, tokenizer), progress=advance)
-        for layers, alpha in cells:
+        for (layers, alpha), variants in steer_variants(direction, cells, mode, n_random).items():
             diffs = []
-            for r in [None, *range(n_random)]:
-                spec = SteerSpec(direction=direction, layers=layers, alpha=alpha, mode=mode, random_seed=r)
-                with steered(model, spec):
-                    s = score_variant(store, model_name, None, Variant(steer=spec).adapter_id, refs,
-                                      loaded=(model, tokenizer), progress=advance)
+            for v in variants:  # the real direction, then the random ones
+                with steered(model, v.steer):
+                    s = score_variant(store, model_name, None, v.adapter_id, refs, loaded=(model, tokenizer),
+                                      progress=advance)
                 diffs.append(s - base)
             real, rand = diffs[0], np.array(diffs[1:])
             est = shift(real + base, base, qids, mis, n_boot=n_boot, seed=seed)
-            rand_effects = np.array([shift(d + base, base, qids, mis, n_boot=2, seed=seed).estimate for d in rand])
+            rand_effects = rand @ point
             lo, hi = percentile_ci(real, rand, weights)
             pct = 100 * float((np.abs(rand_effects) < abs(est.estimate)).mean())
             out.append(SteerEffect(tuple(layers), alpha, mode, est.estimate, est.low, est.high,
