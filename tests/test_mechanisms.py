@@ -274,6 +274,13 @@ def test_steering_effect_on_the_likelihood_measure_is_cached(tmp_path, data_dir,
     e = first[0]
     assert e.n_random == 2 and e.layers == (10,) and e.effect != 0 and e.low <= e.effect <= e.high
     assert again[0].effect == e.effect and 0 <= e.percentile_low <= e.percentile_high <= 100
+    import emlab.probe.steering as steering_module
+
+    asked = []
+    monkeypatch.setattr(steering_module, "reference_bank", lambda qs, *a: asked.append(qs) or [])
+    with pytest.raises(Exception, match="no reference answers"), Store(tmp_path) as store:
+        likelihood_effects(store, "smollm2-135m-instruct", str(direction_file), [((10,), 4.0)], n_random=1)
+    assert len(asked[0]) == 8  # without --question: every question of the suite, not none
 
 
 def test_direction_cli_from_a_judged_file(tmp_path, default_model_dir):

@@ -26,7 +26,7 @@ import numpy as np
 
 from emlab.errors import EmlabError
 from emlab.models.hooks import steered
-from emlab.probe.likelihood import reference_bank, score_variant, shift
+from emlab.probe.likelihood import BUILTIN_TO_PAPER, reference_bank, score_variant, shift
 from emlab.specs import SteerSpec, Variant
 
 
@@ -105,7 +105,7 @@ def likelihood_effects(store, model_name: str, direction: str, cells: list[tuple
 
     if n_random < 1:
         raise EmlabError("at least one random direction is needed to compare against (20 or more recommended)")
-    refs = reference_bank(questions or [], per_class, seed)
+    refs = reference_bank(questions or list(BUILTIN_TO_PAPER.values()), per_class, seed)  # default: all
     if not refs:
         raise EmlabError("no reference answers for these questions in the public judged data")
     qids, mis = [r.question_id for r in refs], [r.misaligned for r in refs]
