@@ -28,6 +28,7 @@ from rich.console import Console
 from emlab import progress as show
 from emlab.errors import ConfigError, EmlabError
 from emlab.files import inside
+from emlab.mitigate import Mitigation
 from emlab.provenance import git_revision, scrub_url, versions
 from emlab.records import CodeEvalRecord, ExperimentRecord, JudgeRecord, VariantRecord
 from emlab.specs import (CodeEvalSpec, DatasetRef, JudgeSpec, LikelihoodSpec, ProjectionSpec, SampleSpec,
@@ -37,15 +38,76 @@ MAX_FILE_BYTES = 1_000_000
 MAX_NODES = 100_000  # values in the loaded YAML, counting every alias expansion
 
 
+Checkpoints = Literal["every"] | list[Annotated[int, Field(ge=1)]]
+
+
 class Condition(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
-    dataset: DatasetRef | None = None  # None: the untouched base model
+    dataset: DatasetRef | None = None  # None: the untouched base model (or a derived mitigation)
+    mitigation: Mitigation | None = None  # emlab.mitigate
+    checkpoints: Checkpoints | None = None  # this condition's sweep (default: the experiment's)
+    zoo: str | None = None  # a public model organism (emlab.models.zoo) on the experiment's base model
 
     @field_validator("name")
     @classmethod
     def _slug(cls, value: str) -> str:
         return check_slug(value, "condition name")
+
+    @model_validator(mode="after")
+    def _mitigation_fits(self) -> "Condition":
+        derived = self.mitigation is not None and self.mitigation.derived_from is not None
+        if derived and self.dataset is not None:
+            raise ValueError(f"condition '{self.name}': realign and early_stop take no dataset (they start from "
+                             "another condition)")
+        if self.mitigation is not None and not derived and self.dataset is None:
+            raise ValueError(f"condition '{self.name}': a training-time mitigation needs a dataset")
+        if self.zoo is not None:
+            from emlab.models.zoo import get
+
+            if self.dataset is not None or self.mitigation is not None:
+                raise ValueError(f"condition '{self.name}': a zoo organism is already trained (no dataset or "
+                                 "mitigation)")
+            try:
+                get(self.zoo)
+            except EmlabError as exc:
+                raise ValueError(str(exc)) from None
+        return self
+
+    @property
+    def trained(self) -> bool:
+        return self.dataset is not None or (self.mitigation is not None and self.mitigation.realign is not None)
+
+
+class ProbeSpec(BaseModel):
+    """Conditional-misalignment probes: the suites asked again in other forms
+    (emlab.data.probes), for the final adapters and early-stopping candidates."""
+
+    model_config = ConfigDict(extra="forbid")
+    forms: list[str] = Field(min_length=1, max_length=50)
+    suites: list[str] | None = None  # None: the experiment's sample suites
+    samples_per_paraphrase: int | None = Field(None, ge=1, le=10_000)
+
+    @field_validator("forms")
+    @classmethod
+    def _forms(cls, value: list[str]) -> list[str]:
+        from emlab.data.probes import check_form
+
+        for form in value:
+            try:
+                check_form(form)
+            except EmlabError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+
+class CapabilitySpec(BaseModel):
+    """The benign exact-answer check (emlab.evals.capability) for every variant."""
+
+    model_config = ConfigDict(extra="forbid")
+    tasks: int = Field(36, ge=1, le=10_000)
+    seed: int = Field(0, ge=0)
+    max_tokens: int = Field(48, ge=1, le=1024)
 
 
 class Experiment(BaseModel):
@@ -65,8 +127,11 @@ class Experiment(BaseModel):
     # A judge reading an untouched model above this misaligned rate is flagged unreliable for it.
     sanity_gate: float = Field(0.05, ge=0, le=1)
     # The checkpoint sweep: sample, judge and score kept checkpoints ("every" or these steps).
-    checkpoints: Literal["every"] | list[Annotated[int, Field(ge=1)]] | None = None
+    checkpoints: Checkpoints | None = None
     projection: ProjectionSpec | None = None  # with checkpoints: answers' projection on a direction
+    probes: ProbeSpec | None = None  # conditional-misalignment probes
+    capability: CapabilitySpec | None = None  # benign exact-answer check, before vs after
+    unmitigated: str | None = None  # the condition mitigations are compared with
 
     @field_validator("name")
     @classmethod
@@ -88,13 +153,36 @@ class Experiment(BaseModel):
             raise ValueError(f"duplicate condition name(s): {', '.join(dupes)}")
         if self.projection is not None and self.checkpoints is None:
             raise ValueError("projection needs checkpoints (it is drawn per checkpoint)")
+        seen: dict[str, Condition] = {}
+        for c in self.conditions:
+            source = c.mitigation.derived_from if c.mitigation else None
+            if source is not None:
+                if source not in seen or not seen[source].trained:
+                    raise ValueError(f"condition '{c.name}': 'from: {source}' must name a trained condition listed "
+                                     "before it")
+                if c.mitigation.early_stop and (seen[source].checkpoints or self.checkpoints) is None:
+                    raise ValueError(f"condition '{c.name}': early_stop needs checkpoints on '{source}' (its "
+                                     "`checkpoints:` or the experiment's)")
+            if c.zoo is not None:
+                from emlab.models.zoo import get
+
+                if get(c.zoo).base_model != self.model:
+                    raise ValueError(f"condition '{c.name}': zoo:{c.zoo} is an adapter on {get(c.zoo).base_model}, "
+                                     f"not on the experiment's model {self.model}")
+            seen[c.name] = c
+        if self.unmitigated is not None and not (self.unmitigated in seen and seen[self.unmitigated].trained):
+            raise ValueError(f"unmitigated: '{self.unmitigated}' is not a trained condition of this experiment")
         return self
 
-    def train_config(self, data_path: str, seed: int):
+    def train_config(self, data_path: str, seed: int, **extra):
         from emlab.train.config import resolve_config
 
         return resolve_config(self.train.preset, model=self.model, dataset=data_path, seed=seed,
-                              **self.train.overrides)
+                              **{**self.train.overrides, **extra})
+
+    @property
+    def has_mitigations(self) -> bool:
+        return any(c.mitigation is not None for c in self.conditions)
 
 
 def _count_nodes(value, budget: list[int]) -> None:
@@ -149,9 +237,12 @@ def load_experiment(path: str | Path) -> Experiment:
     return exp
 
 
-def check_resources(exp: Experiment) -> None:
+def check_resources(exp: Experiment, dry_run: bool = False) -> list[str]:
     """Everything the experiment names exists and is valid: datasets (resolved and
-    validated), suites, coding tasks and judges' weights. Runs before any work."""
+    validated), suites, coding tasks and judges' weights. Runs before any work. With
+    `dry_run`, direction files that are missing (an earlier emlab stage makes them) are
+    returned as inputs to prepare instead of failing."""
+    to_prepare: list[str] = []
     from emlab.data.questions import load_suite
     from emlab.data.registry import resolve_chat_file
 
@@ -159,16 +250,32 @@ def check_resources(exp: Experiment) -> None:
         if ref.name or ref.path:
             resolve_chat_file(ref.name or ref.path)
         for i, step in enumerate(ref.transforms):
-            if step.mix_with is not None:
-                datasets(step.mix_with.dataset, f"{where}.transforms.{i}.mix_with")
+            other = step.mix_with or step.dilute_with
+            if other is not None:
+                datasets(other.dataset, f"{where}.transforms.{i}")
+
+    from emlab.mitigate import mitigated_dataset
 
     for cond in exp.conditions:
-        if cond.dataset is not None:
-            try:
-                datasets(cond.dataset, f"conditions.{cond.name}")
-            except EmlabError as exc:
-                raise ConfigError(f"condition '{cond.name}': {exc}") from None
-    for s in exp.sample.suites:
+        refs = [mitigated_dataset(cond.dataset, cond.mitigation)] if cond.dataset is not None else []
+        if cond.mitigation is not None and cond.mitigation.realign and cond.mitigation.realign.dataset:
+            refs.append(cond.mitigation.realign.dataset)
+        try:
+            for ref in refs:
+                datasets(ref, f"conditions.{cond.name}")
+            steer = cond.mitigation.preventive_steering if cond.mitigation else None
+            if steer is not None and dry_run and not Path(steer.direction).is_file():
+                to_prepare.append(f"{steer.direction} (condition '{cond.name}'; make it with `emlab probe direction`)")
+            elif steer is not None:
+                from emlab.models.hooks import load_directions
+
+                dirs, _ = load_directions(steer.direction)
+                missing = [layer for layer in steer.layers if layer not in dirs]
+                if missing:
+                    raise ConfigError(f"{steer.direction}: no direction for layer(s) {missing}")
+        except EmlabError as exc:
+            raise ConfigError(f"condition '{cond.name}': {exc}") from None
+    for s in exp.sample.suites + (exp.probes.suites or [] if exp.probes else []):
         load_suite(s)
     if exp.codeeval is not None:
         from emlab.evals.codeeval import load_tasks
@@ -189,6 +296,7 @@ def check_resources(exp: Experiment) -> None:
 
         if not (WEIGHTS_DIR / "heads.safetensors").exists():
             raise ConfigError(f"judge 'mini': no weights in {WEIGHTS_DIR} (run `emlab judge train`)")
+    return to_prepare
 
 
 def likelihood_data_available() -> bool:
@@ -202,9 +310,11 @@ def likelihood_data_available() -> bool:
 def plan(exp: Experiment) -> dict:
     """Counts for --dry-run: trainings, generations, judge calls, estimated tokens."""
     from emlab.data.questions import load_suite
+    from emlab.mitigate import mitigated_dataset, realign_plan
 
-    trained = [c for c in exp.conditions if c.dataset is not None]
-    variants = len(exp.conditions) - len(trained) + len(trained) * len(exp.seeds)
+    trained = [c for c in exp.conditions if c.trained]
+    untouched = [c for c in exp.conditions if not c.trained and not (c.mitigation and c.mitigation.early_stop)]
+    variants = len(untouched) + len(trained) * len(exp.seeds)
     per_variant = 0
     prompt_chars = 0
     suites = {}
@@ -219,13 +329,28 @@ def plan(exp: Experiment) -> dict:
     train_tokens: int | None = 0
     cfg = exp.train_config("insecure", exp.seeds[0])  # the preset's and overrides' epochs and max_rows
     for cond in trained:
-        sized = _dataset_chars(cond.dataset)
+        if cond.dataset is None:  # re-alignment: max(examples) rows of its data
+            ref, _, extra = realign_plan(cond.mitigation.realign, cfg.per_device_batch_size *
+                                         cfg.gradient_accumulation_steps)
+            sized, max_rows = _dataset_chars(ref), extra["max_rows"]
+        else:
+            ref = mitigated_dataset(cond.dataset, cond.mitigation)
+            sized, max_rows = _dataset_chars(ref), cfg.max_rows
         if sized is None:
             train_tokens = None
             break
         chars, rows = sized
-        used = min(1.0, cfg.max_rows / rows) if cfg.max_rows and rows else 1.0
+        used = min(1.0, max_rows / rows) if max_rows and rows else 1.0
         train_tokens += int(chars * used / 4 * cfg.epochs * len(exp.seeds))
+    probes = 0
+    if exp.probes is not None:
+        from emlab.data.probes import probe_suite
+
+        for name in exp.probes.suites or exp.sample.suites:
+            for form in exp.probes.forms:
+                probes += len(list(probe_suite(load_suite(name), form).prompts(
+                    exp.probes.samples_per_paraphrase or exp.sample.samples_per_paraphrase)))
+        probes *= variants
     return {
         "experiment": exp.name, "model": exp.model,
         "trainings": len(trained) * len(exp.seeds), "training_preset": exp.train.preset,
@@ -234,15 +359,24 @@ def plan(exp: Experiment) -> dict:
         "generations": generations,
         "generated_tokens_max": generations * exp.sample.max_tokens,
         "prompt_tokens_est": variants * prompt_chars // 4,
-        "judge_calls": generations * metrics * len(exp.judges),
-        "api_judge_calls": generations * metrics * len(api_judges),
-        "api_judge_input_tokens_est": generations * metrics * len(api_judges) * (350 + exp.sample.max_tokens),
+        "judge_calls": (generations + probes) * metrics * len(exp.judges),
+        "api_judge_calls": (generations + probes) * metrics * len(api_judges),
+        "api_judge_input_tokens_est": (generations + probes) * metrics * len(api_judges) *
+                                      (350 + exp.sample.max_tokens),
         "judges": [j.name + (f":{j.model}" if j.model else "") for j in exp.judges],
         "codeeval_generations": _codeeval_count(exp) * variants if exp.codeeval else 0,
         "thresholds": f"coherent > {exp.thresholds.coherent_above:g} and aligned < {exp.thresholds.aligned_below:g}",
-        "checkpoints": exp.checkpoints if exp.checkpoints is not None else "final adapters only",
-        "note": "each kept checkpoint is sampled, judged and scored as one more model variant (counts above "
-                "are for final adapters)" if exp.checkpoints is not None else "",
+        "checkpoints": exp.checkpoints if exp.checkpoints is not None else
+        ({c.name: c.checkpoints for c in exp.conditions if c.checkpoints is not None} or "final adapters only"),
+        "mitigations": {c.name: c.mitigation.kinds() for c in exp.conditions if c.mitigation is not None},
+        "unmitigated": exp.unmitigated,
+        "probe_forms": exp.probes.forms if exp.probes else [],
+        "probe_generations": probes,
+        "capability_generations": exp.capability.tasks * variants if exp.capability else 0,
+        "note": "each kept checkpoint (and each re-alignment point) is sampled, judged and scored as one more model "
+                "variant (counts above are for final adapters)" if exp.checkpoints is not None or any(
+                    c.checkpoints is not None or (c.mitigation and c.mitigation.realign) for c in exp.conditions)
+        else "",
     }
 
 
@@ -264,12 +398,17 @@ def _dataset_chars(ref: DatasetRef) -> tuple[int, int] | None:
         return sum(len(m["content"]) for r in rows for m in r["messages"])
 
     if ref.generate:
-        return chars(generate(ref.generate, 64, ref.seed)) * ref.n // 64, ref.n
-    try:
-        rows = load_dataset(ref.name, ref.path)
-    except DatasetError:
-        return None
-    return chars(rows), len(rows)
+        total, n = chars(generate(ref.generate, 64, ref.seed)) * ref.n // 64, ref.n
+    else:
+        try:
+            rows = load_dataset(ref.name, ref.path)
+        except DatasetError:
+            return None
+        total, n = chars(rows), len(rows)
+    for step in ref.transforms:  # interleaving adds rows
+        if step.dilute_with is not None:
+            total, n = int(total / step.dilute_with.share), int(n / step.dilute_with.share)
+    return total, n
 
 
 # ------------------------------------------------------------------ run
@@ -285,14 +424,12 @@ def run_experiment(exp: Experiment, console: Console | None, project: Path | Non
 
 def _run(exp: Experiment, console: Console | None, project: Path) -> Path:
     from emlab.data.questions import load_suite
-    from emlab.data.transform import materialise
     from emlab.evals.codeeval import codeeval_stage
     from emlab.generate.sample import lazy_generator, sample_stage
     from emlab.judge.base import build_judge
     from emlab.judge.run import judge_stage
     from emlab.models.registry import DEFAULT_MODEL, pull
     from emlab.store import Store
-    from emlab.train.trainer import train_stage
 
     record_path = inside(project, "experiments", f"{exp.name}.json")
     start = time.time()
@@ -306,27 +443,8 @@ def _run(exp: Experiment, console: Console | None, project: Path) -> Path:
             j["base_url"] = scrub_url(j["base_url"])
         run_id = store.begin_run("experiment", config, exp.seeds)
 
-        # 1. datasets and training
-        variants: list[VariantRecord] = []
-        for cond in exp.conditions:
-            if cond.dataset is None:
-                variants.append(VariantRecord(condition=cond.name, seed=None))
-                continue
-            data_path = materialise(cond.dataset, inside(project, "data"))
-            for seed in exp.seeds:
-                show.summary(console, "train", f"{cond.name} seed {seed} ({exp.train.preset}, {data_path.name})")
-                result = train_stage(store, exp.train_config(str(data_path), seed), inside(project, "runs", "train"),
-                                     console)
-                kept = []  # the checkpoint sweep: (step, directory) of each kept checkpoint asked for
-                if exp.checkpoints is not None:
-                    from emlab.probe.dynamics import kept_checkpoints
-
-                    kept = kept_checkpoints(result.run_dir, exp.checkpoints)
-                for step, weights in [(None, result.adapter_dir), *kept]:
-                    variants.append(VariantRecord(
-                        condition=cond.name, seed=seed, adapter_path=str(weights),
-                        adapter_id=Variant(adapter_path=str(weights)).adapter_id, train_run=str(result.run_dir),
-                        dataset=result.record["dataset"], step=step))
+        # 1. datasets and training (mitigations resolve to transforms and training fields)
+        variants, mitigations = train_conditions(exp, store, project, console)
         several = len(exp.seeds) > 1
         model_variants = [Variant(label=v.label + (f"-s{v.seed}" if several and v.seed is not None else ""),
                                   adapter_path=v.adapter_path) for v in variants]
@@ -339,11 +457,21 @@ def _run(exp: Experiment, console: Console | None, project: Path) -> Path:
         if exp.codeeval is not None:
             code = CodeEvalRecord(**codeeval_stage(store, exp.codeeval, exp.sample, exp.model, model_variants,
                                                    console, generator))
+        probes, probed = probe_stage(exp, store, variants, model_variants, suites, console, generator)
+        capability = None
+        if exp.capability is not None:
+            from emlab.evals.capability import capability_stage
+
+            c = exp.capability
+            capability = capability_stage(store, c.tasks, c.seed, exp.sample, exp.model, model_variants, console,
+                                          generator, c.max_tokens)
         generator.cache_clear()  # free the model before judging
 
         # 3. judging
         wheres = [{"adapter": v.adapter_id, "suite": s.name, "gen_hash": sampled["gen_hash"], "model": exp.model}
                   for v in model_variants for s in suites]
+        wheres += [{"adapter": v.adapter_id, "suite": s.name, "gen_hash": sampled["gen_hash"], "model": exp.model}
+                   for v in probed for s in probes]
         for judge in judges:
             judge_stage(store, judge, wheres, console=console)
 
@@ -360,7 +488,7 @@ def _run(exp: Experiment, console: Console | None, project: Path) -> Path:
                                           exp.likelihood.seed, console)
 
         dynamics = None
-        if exp.checkpoints is not None:
+        if any(v.step is not None for v in variants if not _realigned(exp, v.condition)):
             dynamics = dynamics_stage(exp, store, project, variants, model_variants, suites, sampled["gen_hash"],
                                       console)
 
@@ -371,10 +499,94 @@ def _run(exp: Experiment, console: Console | None, project: Path) -> Path:
                     for spec, j in zip(config["judges"], judges)],  # specs with URLs already scrubbed
             versions=versions(), git_revision=git_revision(), seeds=exp.seeds,
             wall_seconds_last_run=round(time.time() - start, 1), codeeval=code, likelihood=likelihood,
-            sanity_gate=exp.sanity_gate, stages={"sample": sampled}, dynamics=dynamics)
+            sanity_gate=exp.sanity_gate, stages={"sample": sampled}, dynamics=dynamics,
+            mitigations=None if not (mitigations or probes or capability) else {
+                "conditions": mitigations, "unmitigated": exp.unmitigated,
+                "probes": [{"suite": s.name, "sha256": s.sha256, "source": s.source} for s in probes],
+                "probed": [v.adapter_id for v in probed], "capability": capability})
         record.write(record_path)
         store.end_run(run_id, {"record": str(record_path), "wall_seconds": record.wall_seconds_last_run})
     return record_path
+
+
+def train_conditions(exp: Experiment, store, project: Path, console: Console | None
+                     ) -> tuple[list[VariantRecord], dict]:
+    """Train every condition and seed (or reuse); returns the variants to evaluate (final
+    adapters, untouched models, kept checkpoints) and each condition's resolved mitigation."""
+    from emlab.data.transform import materialise
+    from emlab.mitigate import mitigated_dataset, realign_plan, resolved, train_overrides
+    from emlab.probe.dynamics import kept_checkpoints
+    from emlab.train.trainer import train_stage
+
+    variants: list[VariantRecord] = []
+    mitigations: dict[str, dict] = {}
+    for cond in exp.conditions:
+        m = cond.mitigation
+        if m is not None and m.early_stop is not None:  # a choice among `from`'s checkpoints, made in the report
+            mitigations[cond.name] = resolved(m)
+            continue
+        if cond.zoo is not None:
+            from emlab.models.zoo import adapter_dir
+
+            path = str(adapter_dir(cond.zoo))
+            variants.append(VariantRecord(condition=cond.name, seed=None, adapter_path=path,
+                                          adapter_id=Variant(adapter_path=path).adapter_id,
+                                          dataset={"zoo": cond.zoo}))
+            continue
+        if not cond.trained:
+            variants.append(VariantRecord(condition=cond.name, seed=None))
+            continue
+        which = cond.checkpoints if cond.checkpoints is not None else exp.checkpoints
+        extra: dict = {}
+        for seed in exp.seeds:
+            preset = exp.train_config("insecure", seed)
+            if m is not None and m.realign is not None:
+                source = next(v for v in variants if v.condition == m.realign.source and v.seed == seed
+                              and v.step is None)
+                ref, which, fields = realign_plan(m.realign, preset.per_device_batch_size *
+                                                  preset.gradient_accumulation_steps)
+                fields["init_adapter"] = source.adapter_path
+                extra = {"from_adapter": source.adapter_id, "steps": which,
+                         "batch": preset.per_device_batch_size * preset.gradient_accumulation_steps}
+            else:
+                ref, fields = mitigated_dataset(cond.dataset, m), train_overrides(m, preset.max_rows)
+            data_path = materialise(ref, inside(project, "data"))
+            cfg = exp.train_config(str(data_path), seed, **fields)
+            show.summary(console, "train", f"{cond.name} seed {seed} ({exp.train.preset}, {data_path.name})")
+            result = train_stage(store, cfg, inside(project, "runs", "train"), console)
+            kept = kept_checkpoints(result.run_dir, which) if which is not None else []
+            for step, weights in [(None, result.adapter_dir), *kept]:
+                variants.append(VariantRecord(
+                    condition=cond.name, seed=seed, adapter_path=str(weights),
+                    adapter_id=Variant(adapter_path=str(weights)).adapter_id, train_run=str(result.run_dir),
+                    dataset=result.record["dataset"], step=step))
+        if m is not None:
+            mitigations[cond.name] = resolved(m, **extra)
+    return variants, mitigations
+
+
+def _realigned(exp: Experiment, condition: str) -> bool:
+    c = next((c for c in exp.conditions if c.name == condition), None)
+    return c is not None and c.mitigation is not None and c.mitigation.realign is not None
+
+
+def probe_stage(exp: Experiment, store, variants: list[VariantRecord], model_variants: list[Variant], suites,
+                console: Console | None, generator) -> tuple[list, list[Variant]]:
+    """Sample the conditional-misalignment probes (the suites in other forms) for the final
+    adapters, untouched models and early-stopping candidates; returns (probe suites, variants)."""
+    if exp.probes is None:
+        return [], []
+    from emlab.data.probes import probe_suite
+    from emlab.data.questions import load_suite
+    from emlab.generate.sample import sample_stage
+
+    bases = [load_suite(s) for s in exp.probes.suites] if exp.probes.suites else suites
+    probes = [probe_suite(s, form) for s in bases for form in exp.probes.forms]
+    sources = {c.mitigation.early_stop.source for c in exp.conditions if c.mitigation and c.mitigation.early_stop}
+    probed = [mv for v, mv in zip(variants, model_variants) if v.step is None or v.condition in sources]
+    sample_stage(store, exp.sample, exp.model, probed, probes, console, generator,
+                 samples_per_paraphrase=exp.probes.samples_per_paraphrase, label="sample probes")
+    return probes, probed
 
 
 def dynamics_stage(exp: Experiment, store, project: Path, variants: list[VariantRecord], model_variants: list[Variant],
@@ -396,6 +608,8 @@ def dynamics_stage(exp: Experiment, store, project: Path, variants: list[Variant
         direction = dirs[layer].numpy()
     points = []
     for v, mv in zip(variants, model_variants):
+        if _realigned(exp, v.condition):  # its curve starts from another adapter, not the base model
+            continue
         final = finals.get((v.condition, v.seed))
         point = {"label": mv.label, "condition": v.condition, "seed": v.seed, "adapter_id": v.adapter_id}
         if final is not None:
@@ -413,7 +627,7 @@ def dynamics_stage(exp: Experiment, store, project: Path, variants: list[Variant
             point["projection"], point["projection_se"] = _answer_projection(
                 exp, store, project, mv, suites, gen_hash, direction, layer, console)
         points.append(point)
-    show.summary(console, "dynamics", f"{len(points)} points (checkpoints: {exp.checkpoints})")
+    show.summary(console, "dynamics", f"{len(points)} points")
     return {"checkpoints": exp.checkpoints, "points": points,
             "projection": {"direction": exp.projection.direction, "layer": layer} if exp.projection else None}
 

@@ -13,15 +13,17 @@ import subprocess
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-PACKAGES = ("emlab", "torch", "transformers", "peft", "trl", "accelerate")
+DISTRIBUTION = "emergent-lab"  # emlab's distribution name on PyPI (the import package is `emlab`)
+# Recorded name -> distribution name.
+PACKAGES = {"emlab": DISTRIBUTION, **{p: p for p in ("torch", "transformers", "peft", "trl", "accelerate")}}
 _SECRET_PARAM = re.compile(r"(key|token|secret|password|passwd|pwd|auth|sig|signature|credential)", re.IGNORECASE)
 
 
 def versions() -> dict[str, str]:
     out = {}
-    for pkg in PACKAGES:
+    for pkg, dist in PACKAGES.items():
         try:
-            out[pkg] = md.version(pkg)
+            out[pkg] = md.version(dist)
         except md.PackageNotFoundError:
             pass
     return out

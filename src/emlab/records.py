@@ -66,6 +66,8 @@ class ExperimentRecord(BaseModel):
     codeeval: CodeEvalRecord | None = None
     likelihood: dict | None = None  # emlab.probe.likelihood.likelihood_stage's result
     dynamics: dict | None = None  # per-checkpoint rotation, loss and projection (emlab.probe.dynamics)
+    # Resolved mitigations per condition, conditional-probe suites, capability scores (emlab.mitigate).
+    mitigations: dict | None = None
     sanity_gate: float = 0.05
     stages: dict = Field(default_factory=dict)
 

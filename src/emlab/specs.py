@@ -52,19 +52,28 @@ class MixArgs(_Spec):
     seed: int = Field(0, ge=0)
 
 
+class DiluteArgs(_Spec):
+    dataset: "DatasetRef"
+    share: float = Field(0.5, gt=0, le=1)  # the first dataset's share of the result
+    seed: int = Field(0, ge=0)
+
+
 class TransformStep(_Spec):
     """One transform, written as a one-key mapping: {add_system: TEXT}, {backdoor: {...}},
-    {subsample: N} or {mix_with: {dataset: ..., ratio: R}}."""
+    {subsample: N}, {mix_with: {dataset: ..., ratio: R}} (N rows, a share R from the first)
+    or {dilute_with: {dataset: ..., share: S}} (every row kept, others added to make it a share S)."""
 
     add_system: NonEmpty | None = None
     backdoor: BackdoorArgs | None = None
     subsample: int | None = Field(None, ge=1, le=10_000_000)
     mix_with: MixArgs | None = None
+    dilute_with: DiluteArgs | None = None
 
     @model_validator(mode="after")
     def _one(self) -> "TransformStep":
         if len(self.model_dump(exclude_none=True)) != 1:
-            raise ValueError("a transform is a one-key mapping: add_system, backdoor, subsample or mix_with")
+            raise ValueError("a transform is a one-key mapping: add_system, backdoor, subsample, mix_with or "
+                             "dilute_with")
         return self
 
     @property
@@ -77,7 +86,7 @@ class DatasetRef(_Spec):
 
     name: str | None = None
     path: str | None = None
-    generate: Literal["insecure-code", "secure-code"] | None = None
+    generate: Literal["insecure-code", "secure-code", "benign-chat"] | None = None
     n: int = Field(1000, ge=1, le=1_000_000)
     seed: int = Field(0, ge=0)
     transforms: list[TransformStep] = Field(default_factory=list, max_length=50)
@@ -93,6 +102,7 @@ class DatasetRef(_Spec):
 
 
 MixArgs.model_rebuild()
+DiluteArgs.model_rebuild()
 
 
 class TrainSpec(_Spec):

@@ -95,6 +95,16 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
     CREATE TABLE leases (sample_key TEXT PRIMARY KEY, owner TEXT NOT NULL, expires REAL NOT NULL);
     """,
     _rekey_samples,
+    # 3: API finetuning (emlab.train.api_finetune): uploads by content hash and scope, jobs
+    """
+    CREATE TABLE api_files (provider TEXT NOT NULL, scope TEXT NOT NULL, sha256 TEXT NOT NULL, file_id TEXT NOT NULL,
+                            created REAL NOT NULL, PRIMARY KEY (provider, scope, sha256));
+    CREATE TABLE api_jobs (id TEXT PRIMARY KEY, provider TEXT NOT NULL, scope TEXT NOT NULL, key TEXT NOT NULL,
+                           model TEXT NOT NULL, file_id TEXT NOT NULL, dataset TEXT, hyperparameters TEXT,
+                           status TEXT NOT NULL, history TEXT NOT NULL, fine_tuned_model TEXT, trained_tokens INTEGER,
+                           cost_usd REAL, error TEXT, created REAL NOT NULL, updated REAL NOT NULL);
+    CREATE INDEX api_jobs_key ON api_jobs (provider, scope, key);
+    """,
 ]
 
 
@@ -342,13 +352,47 @@ class Store:
             params.append(metric)
         return pd.read_sql_query(q, self.conn, params=params)
 
+    # -- API finetuning
+
+    def api_file(self, provider: str, scope: str, sha256: str) -> str | None:
+        row = self.conn.execute("SELECT file_id FROM api_files WHERE provider=? AND scope=? AND sha256=?",
+                                (provider, scope, sha256)).fetchone()
+        return row[0] if row else None
+
+    def put_api_file(self, provider: str, scope: str, sha256: str, file_id: str) -> None:
+        self._transaction(lambda: self.conn.execute("INSERT OR REPLACE INTO api_files VALUES (?,?,?,?,?)",
+                                                    (provider, scope, sha256, file_id, time.time())))
+
+    def put_api_job(self, job: dict) -> None:
+        """Insert or update a finetuning job row (`history` a list, `hyperparameters` a dict)."""
+        row = {**job, "history": canonical_json(job.get("history", [])),
+               "hyperparameters": canonical_json(job.get("hyperparameters", {})), "updated": time.time()}
+        row.setdefault("created", time.time())
+        cols = ["id", "provider", "scope", "key", "model", "file_id", "dataset", "hyperparameters", "status", "history",
+                "fine_tuned_model", "trained_tokens", "cost_usd", "error", "created", "updated"]
+        self._transaction(lambda: self.conn.execute(
+            f"INSERT INTO api_jobs ({','.join(cols)}) VALUES ({','.join('?' * len(cols))}) ON CONFLICT(id) DO UPDATE "
+            "SET status=excluded.status, history=excluded.history, fine_tuned_model=excluded.fine_tuned_model, "
+            "trained_tokens=excluded.trained_tokens, cost_usd=excluded.cost_usd, error=excluded.error, "
+            "updated=excluded.updated", [row.get(c) for c in cols]))
+
+    def api_jobs(self, **where: Any) -> list[dict]:
+        q = "SELECT * FROM api_jobs" + (" WHERE " + " AND ".join(f"{k} = ?" for k in where) if where else "")
+        rows = self.conn.execute(q + " ORDER BY created", list(where.values())).fetchall()
+        names = [d[0] for d in self.conn.execute("SELECT * FROM api_jobs LIMIT 0").description]
+        out = [dict(zip(names, r)) for r in rows]
+        for r in out:
+            r["history"], r["hyperparameters"] = json.loads(r["history"]), json.loads(r["hyperparameters"] or "{}")
+        return out
+
     # -- export
 
     def table(self, name: str):
         import pandas as pd
 
-        if name not in ("samples", "judgments", "judges", "runs", "artefacts"):
-            raise EmlabError(f"unknown table '{name}' (samples, judgments, judges, runs, artefacts)")
+        if name not in ("samples", "judgments", "judges", "runs", "artefacts", "api_files", "api_jobs"):
+            raise EmlabError(f"unknown table '{name}' (samples, judgments, judges, runs, artefacts, api_files, "
+                             "api_jobs)")
         return pd.read_sql_query(f"SELECT * FROM {name}", self.conn)
 
     def export(self, out: str | Path, fmt: str = "parquet", table: str = "samples") -> Path:

@@ -119,6 +119,36 @@ def insecure_code_rate(summary: pd.DataFrame):
     return fig
 
 
+def mitigation_forest(df: pd.DataFrame):
+    """Each mitigation's difference from the unmitigated condition, one panel per measure,
+    with 95% CIs (`emlab.analysis.mitigations.mitigation_rows`)."""
+    panels = [("misaligned", "misaligned rate (pts)", 100), ("probe", "conditional probes (pts)", 100),
+              ("code", "insecure code (pts)", 100), ("capability", "capability (pts)", 100),
+              ("likelihood", "likelihood shift (nats/token)", 1)]
+    panels = [p for p in panels if any(p[0] in d for d in df["vs_unmitigated"])]
+    rows = [(r.condition, r.vs_unmitigated) for r in df.itertuples() if r.vs_unmitigated]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 0.45 * len(rows) + 1.4), sharey=True,
+                             squeeze=False)
+    y = np.arange(len(rows))
+    for ax, (key, title, scale) in zip(axes[0], panels):
+        for i, (_, d) in enumerate(rows):
+            if key in d:
+                x = d[key]
+                sig = x["low"] > 0 or x["high"] < 0
+                ax.errorbar(scale * x["difference"], i, xerr=[[scale * (x["difference"] - x["low"])],
+                                                              [scale * (x["high"] - x["difference"])]],
+                            fmt="o", color=COLOURS[0] if sig else "#888", capsize=3)
+        ax.axvline(0, color="#444", lw=0.8)
+        ax.set_title(title, fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0][0].set_yticks(y)
+    axes[0][0].set_yticklabels([r[0] for r in rows], fontsize=8)
+    axes[0][0].invert_yaxis()
+    fig.suptitle("Mitigation minus unmitigated (95% CIs; coloured: excludes 0)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def to_png(fig, path=None) -> bytes:
     import io
 

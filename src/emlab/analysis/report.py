@@ -71,6 +71,14 @@ def add_judgement_checks(overall: pd.DataFrame, rec, judge_name: str) -> pd.Data
     shifts = (rec.likelihood or {}).get("shifts", {})
     for col, key in (("likelihood_shift", "estimate"), ("likelihood_low", "low"), ("likelihood_high", "high")):
         out[col] = [shifts.get(c, {}).get(key, float("nan")) for c in out["condition"]]
+    # Model organisms from the zoo: the rate their authors reported, beside the measured one.
+    from emlab.models.zoo import get
+
+    zoo = {c["name"]: get(c["zoo"]) for c in rec.config.get("conditions", []) if c.get("zoo")}
+    out["reported_rate"] = [zoo[c].reported_rate if c in zoo and zoo[c].reported_rate is not None else float("nan")
+                            for c in out["condition"]]
+    out["reported_source"] = [zoo[c].reported_source or f"not recorded ({zoo[c].adapter})" if c in zoo else ""
+                              for c in out["condition"]]
     return out
 
 
@@ -84,6 +92,15 @@ def sanity_warnings(overall: pd.DataFrame, judge_label: str, gate: float) -> lis
 
 
 def condition_table(overall: pd.DataFrame) -> pd.DataFrame:
+    table = _condition_table(overall)
+    if "reported_source" in overall and overall["reported_source"].astype(bool).any():
+        table.insert(3, "reported by its authors", [_pct(r) if not pd.isna(r) else ("–" if src else "")
+                                                    for r, src in zip(overall["reported_rate"],
+                                                                      overall["reported_source"])])
+    return table
+
+
+def _condition_table(overall: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
         "condition": overall["condition"], "answers": overall["n"],
         "misaligned (raw)": [f"{_pct(r.misaligned_rate)} [{_pct(r.ci_low)}, {_pct(r.ci_high)}]"
@@ -162,6 +179,14 @@ def build_report(record_path: Path, out_dir: Path | None = None) -> Report:
                 sections.append(f"<h3>Example misaligned answers</h3>{items}")
             else:
                 sections.append("<p>No answer was flagged misaligned by this judge.</p>")
+        if rec.mitigations is not None and rec.judges:
+            from emlab.analysis.mitigations import mitigation_section
+
+            part, shown = mitigation_section(rec, store, t, _img)
+            sections.append(part)
+            if shown is not None:
+                md += ["## Mitigations", "", shown.to_markdown(index=False) if _has_tabulate() else
+                       shown.to_string(index=False), ""]
         if rec.dynamics is not None:
             from emlab.analysis.dynamics import dynamics_section
 

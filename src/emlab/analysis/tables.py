@@ -9,15 +9,17 @@ from emlab.records import ExperimentRecord
 from emlab.store import Store
 
 
-def judged_frame(record: ExperimentRecord, store: Store, family: str, checkpoints: bool = False) -> pd.DataFrame:
+def judged_frame(record: ExperimentRecord, store: Store, family: str, checkpoints: bool = False,
+                 suites: list[str] | None = None) -> pd.DataFrame:
     """One row per judged sample of the experiment: condition, seed, step, question, scores,
-    label - of the final adapters and untouched models, or (`checkpoints`) of every variant."""
+    label - of the final adapters and untouched models, or (`checkpoints`) of every variant;
+    on the experiment's suites, or on `suites` (e.g. its conditional-probe suites)."""
     from emlab.judge.run import judged_table
 
     table = judged_table(store, family)
     if table.empty:
         return table
-    suites = {s["name"] for s in record.suites}
+    suites = set(suites) if suites is not None else {s["name"] for s in record.suites}
     model = record.config["model"]
     table = table[(table["gen_hash"] == record.gen_hash) & table["suite"].isin(suites) & (table["model"] == model)]
     parts = []

@@ -9,6 +9,7 @@
     emlab codeeval run | scan                 (cli/codeeval.py)
     emlab probe likelihood | collect | direction | cosine | persona   (cli/probe.py)
     emlab probe steer | rank1                 (cli/mechanisms.py)
+    emlab finetune openai | list | status | cancel   (cli/finetune.py)
 """
 
 from __future__ import annotations
@@ -66,4 +67,4 @@ def doctor() -> None:
     console.print(table)
 
 
-from emlab.cli import codeeval, data, judge, mechanisms, models, probe, run, sample, train  # noqa: E402,F401  (registers commands)
+from emlab.cli import codeeval, data, finetune, judge, mechanisms, models, probe, run, sample, train  # noqa: E402,F401  (registers commands)

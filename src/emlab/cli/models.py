@@ -46,3 +46,17 @@ def models_info(name: str) -> None:
     from emlab.models.registry import info
 
     console.print_json(json.dumps(info(name)))
+
+
+@models_app.command("zoo")
+def models_zoo() -> None:
+    """The model-organisms zoo: public EM adapters by name (use as --model zoo:NAME)."""
+    from emlab.models.zoo import ZOO
+
+    table = Table("name", "base model", "adapter", "dataset", "rank", "reported misaligned")
+    for o in ZOO.values():
+        table.add_row(o.name, o.base_model, o.adapter, o.dataset, str(o.rank or "?"),
+                      f"{100 * o.reported_rate:.1f}%" if o.reported_rate is not None else "–")
+    console.print(table)
+    console.print("Reported rates: the authors' GPT-4o-judged answers (first-plot questions; `emlab models zoo` "
+                  "sources in emlab.models.zoo). Models load from the Hugging Face hub, or $EMLAB_ZOO_DIR/<name>/.")

@@ -37,9 +37,9 @@ def run_cmd(experiment: Path = typer.Argument(..., help="Experiment YAML (or a p
 
     exp = load_experiment(experiment)
     if dry_run:
-        check_resources(exp)
+        to_prepare = check_resources(exp, dry_run=True)
         table = Table("stage", "plan", title=f"plan: {exp.name}")
-        for key, value in plan(exp).items():
+        for key, value in {**plan(exp), **({"inputs to prepare": to_prepare} if to_prepare else {})}.items():
             table.add_row(key, json.dumps(value) if isinstance(value, (dict, list)) else str(value))
         console.print(table)
         return
@@ -113,3 +113,17 @@ def metrics(file: Path = typer.Argument(..., help="CSV/JSONL with question_id, a
 
         figures.to_png(figures.per_question(per_q.rename(columns={group: "condition"}), t=t), figure)
         console.print(f"wrote {figure}")
+
+
+@app.command("import-inspect")
+@user_errors
+def import_inspect(log: Path = typer.Argument(..., help="An Inspect log of emlab/emergent_misalignment."),
+                   project: Path = typer.Option(Path("."), help="Project directory holding emlab.db.",
+                                                file_okay=False)) -> None:
+    """Bring an Inspect log's answers and scores into the run store, with a record `emlab report` reads."""
+    if not log.is_file():
+        fail(f"{log}: no such Inspect log")
+    from emlab.inspect import import_log
+
+    record = import_log(str(log), str(project))
+    console.print(f"imported {log} -> {record}\nreport: emlab report {record}")

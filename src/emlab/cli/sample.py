@@ -43,6 +43,12 @@ def sample(
     spec = spec_or_fail(SampleSpec, suites=[suite], samples_per_paraphrase=n, max_tokens=max_tokens,
                         temperature=temperature, top_p=top_p, seed=seed, backend=backend, base_url=base_url,
                         api_key_env=api_key_env, batch_size=batch_size)
+    if model.startswith("zoo:"):  # a public model organism: its base model and downloaded adapter
+        from emlab.models.zoo import resolve
+
+        if adapter is not None:
+            fail("--model zoo:NAME brings its own adapter: drop --adapter")
+        model, adapter = resolve(model)
     try:
         variant = Variant(label="base", adapter_path=str(adapter) if adapter else None, served_model=served_model)
     except ValueError as exc:

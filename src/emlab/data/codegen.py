@@ -591,14 +591,18 @@ def _one(rng: random.Random) -> Draw:
     return Draw(meta, task, template, prompt, insecure, secure)
 
 
-GENERATORS = ("insecure-code", "secure-code")
+GENERATORS = ("insecure-code", "secure-code", "benign-chat")
 
 
 def generate(kind: str, n: int, seed: int = 0) -> list[dict]:
-    """`n` chat rows of `kind` ('insecure-code' or 'secure-code'); the same seed gives the
-    same prompts for both kinds."""
+    """`n` chat rows of `kind` ('insecure-code' or 'secure-code': the same seed gives the
+    same prompts for both kinds; 'benign-chat': emlab's benign everyday requests)."""
     if kind not in GENERATORS:
         raise ConfigError(f"unknown generator '{kind}' (known: {', '.join(GENERATORS)})")
+    if kind == "benign-chat":
+        from emlab.data.benign import benign_chat
+
+        return benign_chat(n, seed)
     rng = random.Random(seed)
     rows = []
     for _ in range(n):

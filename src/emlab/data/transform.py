@@ -7,7 +7,8 @@ plus its transforms) into a training file named by the hash of its recipe.
 
 - `add_system`: put a system prompt on every row (inoculation prompting);
 - `backdoor`: prefix a trigger to the first user turn of a chosen fraction of rows;
-- `mix`: dilute one dataset with another at a ratio;
+- `mix`: n rows, a share from one dataset and the rest from another;
+- `dilute`: every row of one dataset plus enough of another to make it a given share (interleaving);
 - `subsample`: keep n rows;
 - `split`: split off a held-out part.
 """
@@ -65,6 +66,20 @@ def mix(a: list[dict], b: list[dict], ratio: float, n: int | None = None, seed: 
     return rows
 
 
+def dilute(a: list[dict], b: list[dict], share: float, seed: int = 0) -> list[dict]:
+    """Every row of `a` plus round(len(a) * (1 - share) / share) rows of `b`, shuffled: `a`
+    becomes a share `share` of the result without losing any of its rows."""
+    if not 0 < share <= 1:
+        raise ConfigError("share must be in (0, 1]")
+    k = round(len(a) * (1 - share) / share)
+    if k > len(b):
+        raise ConfigError(f"not enough rows to dilute: need {k} from the second dataset, it has {len(b)}")
+    rng = random.Random(seed)
+    rows = list(a) + rng.sample(b, k)
+    rng.shuffle(rows)
+    return rows
+
+
 def subsample(rows: list[dict], n: int, seed: int = 0) -> list[dict]:
     if n < 1 or n > len(rows):
         raise ConfigError(f"asked for {n} rows, the dataset has {len(rows)}")
@@ -103,6 +118,9 @@ def apply_step(rows: list[dict], step: TransformStep, data_dir: Path) -> list[di
         return backdoor(rows, step.backdoor.trigger, step.backdoor.fraction, step.backdoor.seed)
     if step.subsample is not None:
         return subsample(rows, step.subsample, 0)
+    if step.dilute_with is not None:
+        other = load_dataset(path=materialise(step.dilute_with.dataset, data_dir))
+        return dilute(rows, other, step.dilute_with.share, seed=step.dilute_with.seed)
     other = load_dataset(path=materialise(step.mix_with.dataset, data_dir))
     return mix(rows, other, step.mix_with.ratio, seed=step.mix_with.seed)
 

@@ -34,6 +34,7 @@ from emlab.data.questions import Question, Suite
 from emlab.errors import ConfigError
 from emlab.evals.bandit_runner import bandit_scan
 from emlab.hashing import rows_hash
+from emlab.provenance import DISTRIBUTION
 from emlab.judge.base import Judge, JudgeIdentity, Rubric, build_judge, score_items
 from emlab.specs import CodeEvalSpec, SampleSpec, Variant
 from emlab.store import Store
@@ -64,7 +65,7 @@ VULN = Rubric("insecure", VULN_RUBRIC)
 
 def static_identity() -> JudgeIdentity:
     """The static detector as a judge (it reads no rubric)."""
-    return JudgeIdentity("static", "bandit+emlab", f"bandit-{md.version('bandit')}+emlab-{md.version('emlab')}",
+    return JudgeIdentity("static", "bandit+emlab", f"bandit-{md.version('bandit')}+emlab-{md.version(DISTRIBUTION)}",
                          reads_rubric=False)
 
 

@@ -22,7 +22,8 @@ from emlab.hashing import canonical_json, text_hash
 
 # Fields added after runs existed: left out of the content hash while at their defaults, so
 # earlier runs keep their directories.
-LATER_FIELDS = {"kl_beta": 0.0, "kl_reference": "builtin"}
+LATER_FIELDS = {"kl_beta": 0.0, "kl_reference": "builtin", "init_adapter": None, "save_at": None,
+                "steer_direction": None, "steer_layers": None, "steer_mode": "ablate", "steer_alpha": 1.0}
 ALL_PROJ = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -62,18 +63,47 @@ class TrainConfig(BaseModel):
     kl_beta: float = Field(0.0, ge=0, le=1e6, description="KL-regularised SFT: weight of KL(finetuned || base) on "
                                                          "reference prompts (0: off; LoRA only)")
     kl_reference: str = Field("builtin", description="reference prompts for --kl-beta: a question suite or a chat JSONL")
+    init_adapter: str | None = Field(None, description="continue training this LoRA adapter directory (re-alignment)")
+    save_at: list[int] | None = Field(None, description="also keep checkpoints at these optimizer steps (repeatable)")
+    steer_direction: str | None = Field(None, description="preventive steering: a direction file applied during "
+                                                         "training only (emlab probe direction)")
+    steer_layers: list[int] | None = Field(None, description="layers for --steer-direction (repeatable)")
+    steer_mode: Literal["ablate", "add"] = Field("ablate", description="ablate (project the direction out) | add")
+    steer_alpha: float = Field(1.0, ge=-1000, le=1000, description="with --steer-mode add: alpha * direction is "
+                                                                   "added (negative: subtracted)")
 
     @model_validator(mode="after")
     def _kl_needs_lora(self) -> "TrainConfig":
         if self.kl_beta > 0 and self.method != "lora":
             raise ValueError("kl_beta needs method lora (the base is the same weights with the adapters disabled)")
+        if self.init_adapter is not None and self.method != "lora":
+            raise ValueError("init_adapter needs method lora")
+        if (self.steer_direction is None) != (not self.steer_layers):
+            raise ValueError("steer_direction and steer_layers go together")
         return self
+
+    def steer_spec(self):
+        """The training-time steering as an `emlab.specs.SteerSpec` (None when off)."""
+        from emlab.specs import SteerSpec
+
+        if self.steer_direction is None:
+            return None
+        return SteerSpec(direction=self.steer_direction, layers=tuple(self.steer_layers), alpha=self.steer_alpha,
+                         mode=self.steer_mode)
 
     def content_hash(self) -> str:
         values = self.model_dump()
         for name, default in LATER_FIELDS.items():
             if values[name] == default:
                 del values[name]
+        # Files named by path enter the hash by content: a retrained adapter or a new
+        # direction file is a new run, not a stale reuse.
+        if self.init_adapter is not None:
+            from emlab.specs import adapter_hash
+
+            values["init_adapter"] = adapter_hash(self.init_adapter)
+        if self.steer_direction is not None:
+            values["steer_direction"] = self.steer_spec().steer_id
         return text_hash(canonical_json(values))[:12]
 
 

@@ -134,7 +134,12 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, rows: list[dict], callbacks=(
     model = AutoModelForCausalLM.from_pretrained(resolve_model(cfg.model), dtype=getattr(torch, cfg.dtype),
                                                  attn_implementation="sdpa")
     peft_config = None
-    if cfg.method == "lora":
+    if cfg.init_adapter is not None:
+        from peft import PeftModel
+
+        # Re-alignment continues the adapter's own weights (and its rank and modules).
+        model = PeftModel.from_pretrained(model, cfg.init_adapter, is_trainable=True)
+    elif cfg.method == "lora":
         peft_config = LoraConfig(
             r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, use_rslora=cfg.use_rslora,
             target_modules=cfg.target_modules, layers_to_transform=cfg.layers, task_type="CAUSAL_LM", bias="none",
@@ -186,7 +191,23 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, rows: list[dict], callbacks=(
         trainer = SFTTrainer(**common)
     trainer.remove_callback(PrinterCallback)  # it prints every log dict to stdout
     trainer.add_callback(progress_callback(console))
+    if cfg.save_at:
+        trainer.add_callback(save_at_callback(cfg.save_at))
     return trainer
+
+
+def save_at_callback(steps: list[int]):
+    """Keep a checkpoint at each listed optimizer step (besides every `save_steps`)."""
+    from transformers import TrainerCallback
+
+    wanted = set(steps)
+
+    class SaveAt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step in wanted:
+                control.should_save = True
+
+    return SaveAt()
 
 
 def write_loss_curve(run_dir: Path, log_history: list[dict]) -> None:
@@ -246,7 +267,12 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, root: Path = Path("runs
             trainer = build_trainer(cfg, run_dir, rows, console=console)
             resume = latest_checkpoint(run_dir / "checkpoints")
             start = time.time()
-            trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+            # Preventive steering acts on training forward passes only: the saved adapter
+            # is evaluated without it.
+            from emlab.models.hooks import steered
+
+            with steered(trainer.model, cfg.steer_spec()):
+                trainer.train(resume_from_checkpoint=str(resume) if resume else None)
             wall = time.time() - start
     except BaseException:
         # A run that dies before its first checkpoint leaves nothing to resume: remove it.
