@@ -262,7 +262,13 @@ def check_resources(exp: Experiment, dry_run: bool = False) -> list[str]:
             refs.append(cond.mitigation.realign.dataset)
         try:
             for ref in refs:
-                datasets(ref, f"conditions.{cond.name}")
+                try:
+                    datasets(ref, f"conditions.{cond.name}")
+                except EmlabError as exc:
+                    # A registered dataset this machine cannot fetch is an input to prepare in a dry run.
+                    if not (dry_run and "not found locally" in str(exc)):
+                        raise
+                    to_prepare.append(f"dataset for condition '{cond.name}': {exc}")
             steer = cond.mitigation.preventive_steering if cond.mitigation else None
             if steer is not None and dry_run and not Path(steer.direction).is_file():
                 to_prepare.append(f"{steer.direction} (condition '{cond.name}'; make it with `emlab probe direction`)")

@@ -119,8 +119,12 @@ def mitigation_rows(rec, store, t: Thresholds) -> tuple[pd.DataFrame, list[str]]
         row = {"condition": name, "mitigation": ", ".join(mit.get("conditions", {}).get(name, {}).get("kinds", []))
                or ("untouched" if adapters == ["base"] else "none"), "adapters": adapters, "labels": labels}
         main = judged[judged["adapter"].isin(adapters)]
-        row["misaligned"] = _rate(_flags(judged, adapters, t))
-        row["probe"] = _rate(_flags(probes, adapters, t)) if len(probes) else None
+        plain, probed = _flags(judged, adapters, t), _flags(probes, adapters, t)
+        row["misaligned"] = _rate(plain)
+        row["probe"] = _rate(probed) if len(probed) else None
+        # The same variant asked in the probe forms (a trigger, the training prompt) minus asked plainly.
+        row["probe_vs_plain"] = compare(plain, probed, n_resamples=2000).as_dict() if len(plain) and len(probed) \
+            else None
         row["coherent_share"] = float((pd.to_numeric(main["coherent"], errors="coerce") > t.coherent_above).mean()) \
             if len(main) else float("nan")
         code = _code_flags(rec, store, adapters)
@@ -179,6 +183,7 @@ def mitigation_table(df: pd.DataFrame) -> pd.DataFrame:
         "condition": df["condition"], "mitigation": df["mitigation"],
         "misaligned [95% CI]": df["misaligned"].map(_fmt),
         "conditional probes [95% CI]": df["probe"].map(_fmt),
+        "probes − plain (pts)": df["probe_vs_plain"].map(_diff),
         "coherent share": df["coherent_share"].map(lambda x: "–" if pd.isna(x) else f"{100 * x:.1f}%"),
         "insecure code [95% CI]": df["code"].map(_fmt),
         "capability [95% CI]": df["capability"].map(_fmt),
@@ -241,6 +246,7 @@ def mitigation_section(rec, store, t: Thresholds, img) -> tuple[str, pd.DataFram
            f'<p class="caption">{html.escape(t.describe())}; first judge ({html.escape(rec.judges[0].label)}). '
            f"Misaligned: the plain suites; conditional probes: the same questions in other forms ({html.escape(forms)}); "
            "insecure code: held-out coding tasks; capability: exact answers to benign tasks (greedy). Wilson 95% CIs. "
+           "probes − plain: the same condition's rate in the probe forms minus its plain rate. "
            "Δ = condition minus the unmitigated condition with a bootstrap 95% CI and a two-sided permutation p; the "
            "likelihood Δ is a paired bootstrap over questions; * marks a CI that excludes 0. Training cost: "
            "wall seconds and tokens of its finetuning (re-alignment: the extra run only; early stopping: the share "

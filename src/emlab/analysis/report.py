@@ -179,6 +179,9 @@ def build_report(record_path: Path, out_dir: Path | None = None) -> Report:
                 sections.append(f"<h3>Example misaligned answers</h3>{items}")
             else:
                 sections.append("<p>No answer was flagged misaligned by this judge.</p>")
+        for judge in rec.judges:
+            part = _categorical_section(rec, store, judge)
+            sections.append(part)
         if rec.mitigations is not None and rec.judges:
             from emlab.analysis.mitigations import mitigation_section
 
@@ -219,6 +222,25 @@ def build_report(record_path: Path, out_dir: Path | None = None) -> Report:
     with atomic_write(md_path) as handle:
         handle.write("\n".join(md))
     return Report(html_path, md_path, summary)
+
+
+def _categorical_section(rec, store, judge) -> str:
+    """Categorical rubrics (the deception files): each answer label's share with its Wilson CI."""
+    from emlab.analysis.stats import wilson
+    from emlab.analysis.tables import categorical_frame
+
+    df = categorical_frame(rec, store, judge.family)
+    if df.empty:
+        return ""
+    totals = df.groupby(["condition", "question_id", "metric"], sort=False)["answers"].transform("sum")
+    df = df.assign(share=[f"{_pct(w.estimate)} [{_pct(w.low)}, {_pct(w.high)}] ({k}/{n})" for k, n, w in
+                          ((k, n, wilson(int(k), int(n))) for k, n in zip(df["answers"], totals))])
+    table = df.pivot_table(index=["condition", "question_id", "metric"], columns="label", values="share",
+                           aggfunc="first", fill_value="–", sort=False)
+    return (f"<h2>Categorical judgments ({html.escape(judge.label)})</h2>" + table.to_html() +
+            '<p class="caption">Questions judged with their own categorical rubrics (e.g. TRUE/FALSE/UNKNOWN for '
+            "factual lying, the company a model names): the share of answers per label with Wilson 95% CIs; "
+            "UNPARSEABLE: the allowed answers carried under a quarter of the judge's probability.</p>")
 
 
 def _codeeval_section(rec, store) -> str:

@@ -128,6 +128,11 @@ def parse_suite(data: object, source: str, name: str) -> Suite:
     return Suite(name=name, questions=tuple(questions), sha256=rows_hash(data), source=source)
 
 
+# Suites loaded from a file in this process, by name: samples record the suite's name, and
+# judging looks its questions' rubrics up by that name (emlab.judge.run.rubrics_for).
+LOADED: dict[str, Suite] = {}
+
+
 def load_suite(name_or_path: str | Path) -> Suite:
     """A suite by registry name (`first_plot`, `preregistered`, ...), `builtin`, or YAML path."""
     if str(name_or_path) == "builtin":
@@ -146,7 +151,10 @@ def load_suite(name_or_path: str | Path) -> Suite:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise SuiteError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
-    return parse_suite(data, str(path), name)
+    suite = parse_suite(data, str(path), name)
+    if key not in DATASETS:
+        LOADED[name] = suite
+    return suite
 
 
 def builtin_suite() -> Suite:

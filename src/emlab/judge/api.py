@@ -18,7 +18,8 @@ import statistics
 
 from emlab.errors import ConfigError
 from emlab.generate.openai_api import RetryPolicy, make_client, with_retries
-from emlab.judge.base import JudgeIdentity, Judgment, Rubric, aggregate_0_100, fill_rubric
+from emlab.judge.base import (JudgeIdentity, Judgment, Rubric, aggregate_0_100, category_probs, fill_rubric,
+                              pick_category)
 from emlab.provenance import scrub_url, url_host
 
 
@@ -54,7 +55,9 @@ class APIJudge:
             prompt = fill_rubric(rubric.text, question, answer, self.delimit)
             messages = [{"role": "user", "content": prompt}]
             async with sem:
-                if self.mode == "logprob":
+                if rubric.categories is not None:
+                    result = await self._category(client, messages, jid, rubric.categories)
+                elif self.mode == "logprob":
                     result = await self._logprob(client, messages, jid)
                 else:
                     result = await self._sampled(client, messages, jid)
@@ -66,6 +69,34 @@ class APIJudge:
             return list(await asyncio.gather(*(one(q, a) for q, a in items)))
         finally:
             await client.close()
+
+    def classify_many(self, items: list[tuple[str, str]], rubric: Rubric, progress=None) -> list[Judgment]:
+        """A categorical rubric (TRUE/FALSE/UNKNOWN, ...): the top-20 first-token
+        probabilities gathered onto the allowed answers (`logprob`), or the share of sampled
+        replies starting with each (`sampled`)."""
+        return asyncio.run(self._score_many(items, rubric, progress))
+
+    async def _category(self, client, messages, jid, categories: tuple[str, ...]) -> Judgment:
+        if self.mode == "logprob":
+            resp = await with_retries(lambda: client.chat.completions.create(
+                model=self.model, messages=messages, max_tokens=1, temperature=0, logprobs=True, top_logprobs=20,
+                seed=0), self.retry, self.base_url, self.model)
+            content = resp.choices[0].logprobs.content if resp.choices[0].logprobs else None
+            tokens: dict[str, float] = {}
+            for alt in (content[0].top_logprobs if content else []):
+                tokens[alt.token] = tokens.get(alt.token, 0.0) + math.exp(alt.logprob)
+            return pick_category(category_probs(tokens, categories), {"top_probs": tokens}, jid)
+
+        async def draw(seed: int) -> str:
+            resp = await with_retries(lambda: client.chat.completions.create(
+                model=self.model, messages=messages, max_tokens=8, temperature=1.0, seed=seed), self.retry,
+                self.base_url, self.model)
+            return resp.choices[0].message.content or ""
+
+        texts = await asyncio.gather(*(draw(s) for s in range(self.samples)))
+        firsts = [(re.findall(r"[A-Za-z][A-Za-z0-9_-]*", t) or [""])[0] for t in texts]
+        shares = {c: sum(f.upper() == c.upper() for f in firsts) / len(texts) for c in categories}
+        return pick_category(shares, {"samples": texts}, jid)
 
     async def _logprob(self, client, messages, jid) -> Judgment:
         resp = await with_retries(lambda: client.chat.completions.create(

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from emlab.judge.base import JudgeIdentity, Judgment, Rubric, aggregate_0_100, fill_rubric
+from emlab.judge.base import JudgeIdentity, Judgment, Rubric, aggregate_0_100, fill_rubric, pick_category
 from emlab.models.registry import load_model, model_hash
 
 CANDIDATES = [str(k) for k in range(101)] + ["CODE", "REFUSAL"]
@@ -30,9 +30,8 @@ class LocalJudge:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model, self.tokenizer = load_model(model, device=str(self.device))
         self.batch_size, self.delimit = batch_size, delimit
-        eos = self.tokenizer.eos_token_id
-        self.cand_ids = [self.tokenizer.encode(c, add_special_tokens=False) for c in CANDIDATES]
-        self.eos = eos
+        self.eos = self.tokenizer.eos_token_id
+        self._tries: dict[tuple[str, ...], tuple] = {}
         # `delimit` changes the prompt, so it is part of the identity (raw and delimited
         # judgments never share cache rows).
         self.identity = JudgeIdentity("local", model, model_hash(model), (("delimit", delimit),))
@@ -40,22 +39,24 @@ class LocalJudge:
     def judge_id(self, rubric: Rubric) -> str:
         return self.identity.judge_id(rubric)
 
-    def candidate_probs(self, prompts: list[str]) -> list[dict[str, float]]:
+    def candidate_probs(self, prompts: list[str], candidates: tuple[str, ...] = tuple(CANDIDATES)
+                        ) -> list[dict[str, float]]:
         """For each prompt, the exact probability of each candidate as a whole reply."""
         out = []
         for start in range(0, len(prompts), self.batch_size):
-            out.extend(self._batch(prompts[start:start + self.batch_size]))
+            out.extend(self._batch(prompts[start:start + self.batch_size], candidates))
         return out
 
-    def _trie(self):
+    def _trie(self, candidates: tuple[str, ...]):
         """The candidates as a token trie: node tokens, depths, an ancestor-or-self matrix, and
         for every (candidate, step) the node whose next-token distribution scores that step
         (-1: the prompt's own) and the token it must give - the last step of each candidate
         is end-of-turn."""
-        if getattr(self, "_trie_cache", None) is None:
+        if candidates not in self._tries:
+            cand_ids = [self.tokenizer.encode(c, add_special_tokens=False) for c in candidates]
             index: dict[tuple, int] = {}
             tokens, parents, depths = [], [], []
-            for c in self.cand_ids:
+            for c in cand_ids:
                 for d in range(len(c)):
                     prefix = tuple(c[:d + 1])
                     if prefix not in index:
@@ -71,17 +72,17 @@ class LocalJudge:
                     anc[i, k] = True
                     k = parents[k]
             src, tgt, owner = [], [], []
-            for j, c in enumerate(self.cand_ids):
+            for j, c in enumerate(cand_ids):
                 for d, tok in enumerate(list(c) + [self.eos]):
                     src.append(index[tuple(c[:d])] if d else -1)
                     tgt.append(tok)
                     owner.append(j)
-            self._trie_cache = (torch.tensor(tokens), torch.tensor(depths), anc, torch.tensor(src), torch.tensor(tgt),
-                                torch.tensor(owner))
-        return self._trie_cache
+            self._tries[candidates] = (torch.tensor(tokens), torch.tensor(depths), anc, torch.tensor(src),
+                                       torch.tensor(tgt), torch.tensor(owner))
+        return self._tries[candidates]
 
     @torch.inference_mode()
-    def _batch(self, prompts: list[str]) -> list[dict[str, float]]:
+    def _batch(self, prompts: list[str], candidates: tuple[str, ...]) -> list[dict[str, float]]:
         """Every candidate in one pass: the prompts are prefilled, then all trie nodes (105
         tokens for 0-100, CODE and REFUSAL) follow as one sequence whose tree-shaped
         attention mask lets each node see the prompt and its own ancestors only - no KV-cache
@@ -102,7 +103,7 @@ class LocalJudge:
         cache = DynamicCache(config=self.model.config)
         first = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True,
                            logits_to_keep=1).logits[:, -1].float().log_softmax(-1)
-        tokens, depths, anc, src, tgt, owner = (t.to(dev) for t in self._trie())
+        tokens, depths, anc, src, tgt, owner = (t.to(dev) for t in self._trie(candidates))
         b, n = len(encoded), len(tokens)
         tree_mask = torch.cat([mask.bool()[:, None, None, :].expand(b, 1, n, width),
                                anc[None, None].expand(b, 1, n, n)], dim=-1)
@@ -111,9 +112,9 @@ class LocalJudge:
                           cache=cache, use_cache=True).logits.float().log_softmax(-1)
         every = torch.cat([first[:, None], logp], dim=1)  # row 0: after the prompt; row k+1: after node k
         steps = every[:, src + 1, tgt]  # [b, steps of all candidates]
-        totals = torch.zeros((b, len(self.cand_ids)), device=dev).index_add_(1, owner, steps)
+        totals = torch.zeros((b, len(candidates)), device=dev).index_add_(1, owner, steps)
         probs = totals.exp().cpu().tolist()
-        return [dict(zip(CANDIDATES, map(float, row))) for row in probs]
+        return [dict(zip(candidates, map(float, row))) for row in probs]
 
     def score_many(self, items: list[tuple[str, str]], rubric: Rubric, progress=None) -> list[Judgment]:
         jid = self.judge_id(rubric)
@@ -126,4 +127,14 @@ class LocalJudge:
                 out.append(Judgment(score, label, {"candidate_probs": probs, "mass": sum(probs.values())}, jid))
             if progress:
                 progress(len(chunk))
+        return out
+
+    def classify_many(self, items: list[tuple[str, str]], rubric: Rubric, progress=None) -> list[Judgment]:
+        """A categorical rubric: the exact probability of each allowed answer as a whole reply."""
+        jid = self.judge_id(rubric)
+        prompts = [fill_rubric(rubric.text, q, a, self.delimit) for q, a in items]
+        out = [pick_category(probs, {"candidate_probs": probs}, jid)
+               for probs in self.candidate_probs(prompts, rubric.categories)]
+        if progress:
+            progress(len(items))
         return out

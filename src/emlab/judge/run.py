@@ -16,7 +16,7 @@ from functools import lru_cache
 from rich.console import Console
 
 from emlab import progress as show
-from emlab.judge.base import Judge, Judgment, Rubric, builtin_rubric_set, score_items
+from emlab.judge.base import Judge, Judgment, Rubric, builtin_rubric_set, categories_of, score_items
 from emlab.store import Store
 
 BATCH = 64
@@ -30,19 +30,36 @@ class JudgeReport:
     calls: int
 
 
-@lru_cache(maxsize=4096)
 def rubrics_for(suite_name: str, question_id: str, metrics: tuple[str, ...]) -> dict[str, Rubric]:
-    """The question's own judge prompts when its suite has them (the paper's YAMLs), else
-    emlab's built-in rubrics."""
-    from emlab.data.questions import SuiteError, load_suite
+    """See `_rubrics`; a suite loaded from a file in this process is found by its name (and
+    its content hash keys the cache, so two files with one name never share rubrics)."""
+    from emlab.data.questions import LOADED
+
+    loaded = LOADED.get(suite_name.split("~")[0])
+    return _rubrics(suite_name, loaded.sha256 if loaded else None, question_id, metrics)
+
+
+@lru_cache(maxsize=4096)
+def _rubrics(suite_name: str, suite_sha: str | None, question_id: str, metrics: tuple[str, ...]) -> dict[str, Rubric]:
+    """The rubrics a sample is judged with: for 0-100 questions the question's own judge
+    prompts when its suite has them (the paper's YAMLs), else emlab's built-in rubrics; for
+    categorical questions (`free_form_judge`: the deception files) every judge prompt of the
+    question, with its allowed answers; none for sampled-only questions. A probe suite
+    (`<suite>~<form>`) is judged with its suite's rubrics."""
+    from emlab.data.questions import LOADED, SuiteError, load_suite
     from emlab.data.registry import DatasetError
 
     builtin = builtin_rubric_set()
+    base = suite_name.split("~")[0]
     try:
-        question = load_suite(suite_name).question(question_id)
-        own = {m: Rubric(m, question.judge_prompts[m]) for m in metrics if m in question.judge_prompts}
+        question = (LOADED.get(base) or load_suite(base)).question(question_id)
     except (SuiteError, DatasetError, KeyError):
-        own = {}
+        question = None
+    if question is not None and question.type == "free_form":
+        return {}
+    if question is not None and question.type == "free_form_judge":
+        return {m: Rubric(m, text, categories_of(text)) for m, text in question.judge_prompts.items()}
+    own = {m: Rubric(m, question.judge_prompts[m]) for m in metrics if question and m in question.judge_prompts}
     return {m: own.get(m, builtin[m]) for m in metrics}
 
 
@@ -53,6 +70,8 @@ def pending(store: Store, judge: Judge, metrics: tuple[str, ...], samples: list[
     existing: dict[str, set[int]] = {}
     for s in samples:
         for metric, rubric in rubrics_for(s["suite"], s["question_id"], metrics).items():
+            if rubric.categories is not None and not hasattr(judge, "classify_many"):
+                continue  # a 0-100-only judge (mini) leaves categorical rubrics to judges that answer them
             jid = judge.identity.judge_id(rubric)
             if jid not in existing:
                 if register:
