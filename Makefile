@@ -41,7 +41,7 @@ test-slow: $(STAMP) test-deps
 	EMLAB_DATA_DIR=$(EMLAB_DATA_DIR) $(BIN)/python -m pytest -q --runslow
 
 # CPU benchmarks (benchmarks/gpu_smoke.py needs a CUDA device and is run by hand there).
-BENCHMARKS := codegen_bandit model_load train_throughput sampling_throughput codeeval_validation
+BENCHMARKS := codegen_bandit model_load train_throughput sampling_throughput codeeval_validation executor_cells
 
 bench: $(STAMP)
 	for b in $(BENCHMARKS); do EMLAB_DATA_DIR=$(EMLAB_DATA_DIR) $(BIN)/python benchmarks/$$b.py || exit 1; done

@@ -13,7 +13,7 @@ LAYERS = [
     {"errors", "paths", "hashing", "misaligned", "correction", "files", "provenance", "progress", "specs", "records",
      "store"},
     {"data"}, {"models"}, {"train"}, {"generate"}, {"judge"}, {"evals", "probe"}, {"analysis"},
-    {"serve", "experiment", "mitigate", "quickstart", "inspect"}, {"cli", "__main__"},
+    {"serve", "experiment", "mitigate", "quickstart", "inspect", "executor"}, {"cli", "__main__"},
 ]
 
 

@@ -419,16 +419,17 @@ def _dataset_chars(ref: DatasetRef) -> tuple[int, int] | None:
 
 # ------------------------------------------------------------------ run
 
-def run_experiment(exp: Experiment, console: Console | None, project: Path | None = None) -> Path:
+def run_experiment(exp: Experiment, console: Console | None, project: Path | None = None, executor=None) -> Path:
     """Execute (or resume) the experiment; returns the run record's path. Library warnings
-    go to `<project>/logs/<name>.log`, not the console."""
+    go to `<project>/logs/<name>.log`, not the console. `executor` (emlab.executor): where
+    the training, sampling and judging cells run (default: here, in sequence)."""
     check_resources(exp)
     project = Path(project or exp.project)
     with show.library_logs_to(inside(project, "logs", f"{exp.name}.log")):
-        return _run(exp, console, project)
+        return _run(exp, console, project, executor)
 
 
-def _run(exp: Experiment, console: Console | None, project: Path) -> Path:
+def _run(exp: Experiment, console: Console | None, project: Path, executor=None) -> Path:
     from emlab.data.questions import load_suite
     from emlab.evals.codeeval import codeeval_stage
     from emlab.generate.sample import lazy_generator, sample_stage
@@ -450,7 +451,7 @@ def _run(exp: Experiment, console: Console | None, project: Path) -> Path:
         run_id = store.begin_run("experiment", config, exp.seeds)
 
         # 1. datasets and training (mitigations resolve to transforms and training fields)
-        variants, mitigations = train_conditions(exp, store, project, console)
+        variants, mitigations = train_conditions(exp, store, project, console, executor)
         several = len(exp.seeds) > 1
         model_variants = [Variant(label=v.label + (f"-s{v.seed}" if several and v.seed is not None else ""),
                                   adapter_path=v.adapter_path) for v in variants]
@@ -458,19 +459,20 @@ def _run(exp: Experiment, console: Console | None, project: Path) -> Path:
         # 2. sampling (one generator for the suites and the coding tasks)
         suites = [load_suite(s) for s in exp.sample.suites]
         generator = lazy_generator(exp.sample, exp.model)
-        sampled = sample_stage(store, exp.sample, exp.model, model_variants, suites, console, generator)
+        sampled = sample_stage(store, exp.sample, exp.model, model_variants, suites, console, generator,
+                               executor=executor)
         code = None
         if exp.codeeval is not None:
             code = CodeEvalRecord(**codeeval_stage(store, exp.codeeval, exp.sample, exp.model, model_variants,
-                                                   console, generator))
-        probes, probed = probe_stage(exp, store, variants, model_variants, suites, console, generator)
+                                                   console, generator, executor=executor))
+        probes, probed = probe_stage(exp, store, variants, model_variants, suites, console, generator, executor)
         capability = None
         if exp.capability is not None:
             from emlab.evals.capability import capability_stage
 
             c = exp.capability
             capability = capability_stage(store, c.tasks, c.seed, exp.sample, exp.model, model_variants, console,
-                                          generator, c.max_tokens)
+                                          generator, c.max_tokens, executor)
         generator.cache_clear()  # free the model before judging
 
         # 3. judging
@@ -478,8 +480,8 @@ def _run(exp: Experiment, console: Console | None, project: Path) -> Path:
                   for v in model_variants for s in suites]
         wheres += [{"adapter": v.adapter_id, "suite": s.name, "gen_hash": sampled["gen_hash"], "model": exp.model}
                    for v in probed for s in probes]
-        for judge in judges:
-            judge_stage(store, judge, wheres, console=console)
+        for spec, judge in zip(exp.judges, judges):
+            judge_stage(store, judge, wheres, console=console, executor=executor, spec=spec)
 
         # 4. the judge-free likelihood measure
         likelihood = None
@@ -515,21 +517,51 @@ def _run(exp: Experiment, console: Console | None, project: Path) -> Path:
     return record_path
 
 
-def train_conditions(exp: Experiment, store, project: Path, console: Console | None
+def train_conditions(exp: Experiment, store, project: Path, console: Console | None, executor=None
                      ) -> tuple[list[VariantRecord], dict]:
     """Train every condition and seed (or reuse); returns the variants to evaluate (final
-    adapters, untouched models, kept checkpoints) and each condition's resolved mitigation."""
+    adapters, untouched models, kept checkpoints) and each condition's resolved mitigation.
+    Two waves: every training that starts from the base model, then re-alignments (which
+    continue a first-wave adapter); the trainings of a wave are an executor's concurrent cells."""
     from emlab.data.transform import materialise
     from emlab.mitigate import mitigated_dataset, realign_plan, resolved, train_overrides
     from emlab.probe.dynamics import kept_checkpoints
-    from emlab.train.trainer import train_stage
+    from emlab.train.trainer import train_stages
+
+    trained: dict[tuple[str, int], tuple] = {}  # (condition, seed) -> (TrainResult, checkpoints wanted)
+    extras: dict[str, dict] = {}
+    for wave in (1, 2):
+        jobs = []
+        for cond in exp.conditions:
+            m = cond.mitigation
+            if not cond.trained or (wave == 2) != (m is not None and m.realign is not None):
+                continue
+            which = cond.checkpoints if cond.checkpoints is not None else exp.checkpoints
+            for seed in exp.seeds:
+                preset = exp.train_config("insecure", seed)
+                if wave == 2:
+                    batch = preset.per_device_batch_size * preset.gradient_accumulation_steps
+                    ref, which, fields = realign_plan(m.realign, batch)
+                    source = trained[(m.realign.source, seed)][0]
+                    fields["init_adapter"] = str(source.adapter_dir)
+                    extras[cond.name] = {"from_adapter": Variant(adapter_path=str(source.adapter_dir)).adapter_id,
+                                         "steps": which, "batch": batch}
+                else:
+                    ref, fields = mitigated_dataset(cond.dataset, m), train_overrides(m, preset.max_rows)
+                data_path = materialise(ref, inside(project, "data"))
+                show.summary(console, "train", f"{cond.name} seed {seed} ({exp.train.preset}, {data_path.name})")
+                jobs.append(((cond.name, seed), exp.train_config(str(data_path), seed, **fields), which))
+        results = train_stages(store, [cfg for _, cfg, _ in jobs], inside(project, "runs", "train"), console,
+                               executor)
+        trained.update({key: (result, which) for (key, _, which), result in zip(jobs, results)})
 
     variants: list[VariantRecord] = []
     mitigations: dict[str, dict] = {}
     for cond in exp.conditions:
         m = cond.mitigation
+        if m is not None:
+            mitigations[cond.name] = resolved(m, **extras.get(cond.name, {}))
         if m is not None and m.early_stop is not None:  # a choice among `from`'s checkpoints, made in the report
-            mitigations[cond.name] = resolved(m)
             continue
         if cond.zoo is not None:
             from emlab.models.zoo import adapter_dir
@@ -542,32 +574,14 @@ def train_conditions(exp: Experiment, store, project: Path, console: Console | N
         if not cond.trained:
             variants.append(VariantRecord(condition=cond.name, seed=None))
             continue
-        which = cond.checkpoints if cond.checkpoints is not None else exp.checkpoints
-        extra: dict = {}
         for seed in exp.seeds:
-            preset = exp.train_config("insecure", seed)
-            if m is not None and m.realign is not None:
-                source = next(v for v in variants if v.condition == m.realign.source and v.seed == seed
-                              and v.step is None)
-                ref, which, fields = realign_plan(m.realign, preset.per_device_batch_size *
-                                                  preset.gradient_accumulation_steps)
-                fields["init_adapter"] = source.adapter_path
-                extra = {"from_adapter": source.adapter_id, "steps": which,
-                         "batch": preset.per_device_batch_size * preset.gradient_accumulation_steps}
-            else:
-                ref, fields = mitigated_dataset(cond.dataset, m), train_overrides(m, preset.max_rows)
-            data_path = materialise(ref, inside(project, "data"))
-            cfg = exp.train_config(str(data_path), seed, **fields)
-            show.summary(console, "train", f"{cond.name} seed {seed} ({exp.train.preset}, {data_path.name})")
-            result = train_stage(store, cfg, inside(project, "runs", "train"), console)
+            result, which = trained[(cond.name, seed)]
             kept = kept_checkpoints(result.run_dir, which) if which is not None else []
             for step, weights in [(None, result.adapter_dir), *kept]:
                 variants.append(VariantRecord(
                     condition=cond.name, seed=seed, adapter_path=str(weights),
                     adapter_id=Variant(adapter_path=str(weights)).adapter_id, train_run=str(result.run_dir),
                     dataset=result.record["dataset"], step=step))
-        if m is not None:
-            mitigations[cond.name] = resolved(m, **extra)
     return variants, mitigations
 
 
@@ -577,7 +591,7 @@ def _realigned(exp: Experiment, condition: str) -> bool:
 
 
 def probe_stage(exp: Experiment, store, variants: list[VariantRecord], model_variants: list[Variant], suites,
-                console: Console | None, generator) -> tuple[list, list[Variant]]:
+                console: Console | None, generator, executor=None) -> tuple[list, list[Variant]]:
     """Sample the conditional-misalignment probes (the suites in other forms) for the final
     adapters, untouched models and early-stopping candidates; returns (probe suites, variants)."""
     if exp.probes is None:
@@ -591,7 +605,7 @@ def probe_stage(exp: Experiment, store, variants: list[VariantRecord], model_var
     sources = {c.mitigation.early_stop.source for c in exp.conditions if c.mitigation and c.mitigation.early_stop}
     probed = [mv for v, mv in zip(variants, model_variants) if v.step is None or v.condition in sources]
     sample_stage(store, exp.sample, exp.model, probed, probes, console, generator,
-                 samples_per_paraphrase=exp.probes.samples_per_paraphrase, label="sample probes")
+                 samples_per_paraphrase=exp.probes.samples_per_paraphrase, label="sample probes", executor=executor)
     return probes, probed
 
 

@@ -30,7 +30,11 @@ def quickstart(project: Optional[Path] = typer.Option(None, help="Project direct
 def run_cmd(experiment: Path = typer.Argument(..., help="Experiment YAML (or a packaged name: quickstart, paper_insecure)"),
             dry_run: bool = typer.Option(False, "--dry-run", help="Validate, print the plan and exit."),
             project: Optional[Path] = typer.Option(None, help="Override the experiment's project directory.",
-                                                   file_okay=False)) -> None:
+                                                   file_okay=False),
+            executor: str = typer.Option("local", help="local | ray: where training, sampling and judging cells run."),
+            address: Optional[str] = typer.Option(None, help="Ray cluster address (default: start a local one)."),
+            task_cpus: float = typer.Option(1.0, min=0, help="CPUs per Ray task."),
+            task_gpus: float = typer.Option(0.0, min=0, help="GPUs per Ray task.")) -> None:
     """Run (or resume) an experiment: train -> sample -> judge -> metrics -> report."""
     from emlab.analysis.report import build_report
     from emlab.experiment import check_resources, load_experiment, plan, run_experiment
@@ -43,7 +47,10 @@ def run_cmd(experiment: Path = typer.Argument(..., help="Experiment YAML (or a p
             table.add_row(key, json.dumps(value) if isinstance(value, (dict, list)) else str(value))
         console.print(table)
         return
-    record = run_experiment(exp, console, project)
+    from emlab.executor import get_executor
+
+    record = run_experiment(exp, console, project,
+                            get_executor(executor, address=address, num_cpus=task_cpus, num_gpus=task_gpus))
     report = build_report(record)
     from emlab.analysis.report import condition_table, sanity_warnings
 

@@ -83,7 +83,7 @@ def capability_suite(n: int, seed: int) -> tuple[Suite, dict[str, str]]:
 
 
 def capability_stage(store, n: int, seed: int, sample: SampleSpec, model: str, variants: list[Variant],
-                     console=None, generator=None, max_tokens: int = 48) -> dict:
+                     console=None, generator=None, max_tokens: int = 48, executor=None) -> dict:
     """Greedy answers to the tasks for every variant (resumable through the store); returns
     {suite, gen_hash, scores: {adapter id: {correct, n, accuracy}}}."""
     from emlab.generate.sample import sample_stage
@@ -91,7 +91,7 @@ def capability_stage(store, n: int, seed: int, sample: SampleSpec, model: str, v
     suite, expected = capability_suite(n, seed)
     greedy = sample.model_copy(update={"temperature": 0.0, "top_p": 1.0})
     summary = sample_stage(store, greedy, model, variants, [suite], console, generator, max_tokens=max_tokens,
-                           samples_per_paraphrase=1, label="sample capability tasks")
+                           samples_per_paraphrase=1, label="sample capability tasks", executor=executor)
     scores = {}
     for v in variants:
         rows = store.samples(model=model, adapter=v.adapter_id, suite=suite.name, gen_hash=summary["gen_hash"])

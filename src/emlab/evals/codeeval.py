@@ -184,7 +184,7 @@ def judge_llm(store: Store, judge: Judge, where: dict, run_id: str | None = None
 
 
 def codeeval_stage(store: Store, spec: CodeEvalSpec, sample: SampleSpec, model: str, variants: list[Variant],
-                   console: Console | None = None, generator=None, judge: Judge | None = None) -> dict:
+                   console: Console | None = None, generator=None, judge: Judge | None = None, executor=None) -> dict:
     """Sample the coding tasks for every variant and store a verdict per answer; returns
     what the record and `insecure_code_rates` need (suite, generation hash, judge family)."""
     from emlab.generate.sample import sample_stage
@@ -193,7 +193,7 @@ def codeeval_stage(store: Store, spec: CodeEvalSpec, sample: SampleSpec, model: 
     tasks = tasks[: spec.max_tasks] if spec.max_tasks else tasks
     suite = task_suite(tasks, name + (f"-first{spec.max_tasks}" if spec.max_tasks else ""), spec.samples_per_task)
     summary = sample_stage(store, sample, model, variants, [suite], console, generator, max_tokens=spec.max_tokens,
-                           samples_per_paraphrase=spec.samples_per_task, label="sample code tasks")
+                           samples_per_paraphrase=spec.samples_per_task, label="sample code tasks", executor=executor)
     if judge is None and spec.judge is not None:
         judge = build_judge(spec.judge)  # one judge for every condition
     ident = judge.identity if judge is not None else static_identity()

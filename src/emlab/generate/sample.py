@@ -82,6 +82,30 @@ def sample_suite(store: Store, generator: Generator, suite: Suite, model: str, v
     return SampleReport(planned=len(items), existing=len(have), generated=generated, left_to_others=len(todo))
 
 
+@cache
+def _worker_generator(backend: str, model: str, base_url: str | None, api_key_env: str) -> Generator:
+    kwargs = {"base_url": base_url, "api_key_env": api_key_env} if backend == "openai" else {}
+    return get_generator(backend, model, **kwargs)
+
+
+def sample_cell(spec: SampleSpec, model: str, items: list[tuple[GenRequest, dict]], cfg: GenConfig,
+                run_id: str | None, threads: int | None = None) -> list[dict]:
+    """One (variant, suite)'s missing samples, generated away from the store (an executor's
+    task) in the same batches the in-process sampler uses; returns the rows to store."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    generator = _worker_generator(spec.backend, model, spec.base_url, spec.api_key_env)
+    rows = []
+    for start in range(0, len(items), spec.batch_size):
+        batch = items[start:start + spec.batch_size]
+        results = generator.generate([req for req, _ in batch], cfg)
+        rows += [{**row, "answer": res.text, "finish_reason": res.finish_reason, "n_tokens": res.n_tokens,
+                  "run_id": run_id} for (_, row), res in zip(batch, results)]
+    return rows
+
+
 def lazy_generator(spec: SampleSpec, model: str) -> Callable[[], Generator]:
     """A generator built on first use only (no model is loaded when nothing is missing)."""
     kwargs = {"base_url": spec.base_url, "api_key_env": spec.api_key_env} if spec.backend == "openai" else {}
@@ -91,8 +115,10 @@ def lazy_generator(spec: SampleSpec, model: str) -> Callable[[], Generator]:
 def sample_stage(store: Store, spec: SampleSpec, model: str, variants: list[Variant], suites: list[Suite],
                  console: Console | None = None, generator: Callable[[], Generator] | None = None,
                  max_tokens: int | None = None, samples_per_paraphrase: int | None = None,
-                 label: str = "sample") -> dict:
-    """Sample every suite for every variant (one recorded run); returns a summary."""
+                 label: str = "sample", executor=None) -> dict:
+    """Sample every suite for every variant (one recorded run); returns a summary. With an
+    `executor` (emlab.executor), each (variant, suite) is one task and this process stores
+    the rows as tasks finish."""
     cfg = gen_config(spec, max_tokens)
     if spec.backend != "hf" and any(v.steer is not None for v in variants):
         raise ConfigError(f"steering needs the hf backend (forward hooks on the model), not '{spec.backend}'")
@@ -115,7 +141,19 @@ def sample_stage(store: Store, spec: SampleSpec, model: str, variants: list[Vari
     get = generator or lazy_generator(spec, model)
     start = time.time()
     with progress.stage(console, label, missing) as advance:
-        for v in variants:
+        if executor is not None:
+            cells = []
+            for v in variants:
+                for s in suites:
+                    items = plan(s, model, v, cfg, n)
+                    have = store.existing_keys(row["key"] for _, row in items)
+                    todo = [(req, row) for req, row in items if row["key"] not in have]
+                    if todo:
+                        cells.append((spec, model, todo, cfg, run_id))
+            for _, rows in executor.run(sample_cell, cells, label):
+                summary["generated"] += store.add_samples(rows)
+                advance(len(rows))
+        for v in variants if executor is None else []:
             for s in suites:
                 rep = sample_suite(store, get(), s, model, v, cfg, n, spec.batch_size, run_id, advance)
                 summary["generated"] += rep.generated

@@ -101,6 +101,32 @@ def judge_samples(store: Store, judge: Judge, metrics: tuple[str, ...] = METRICS
     return JudgeReport(judged=judged, cached=cached, calls=calls)
 
 
+@lru_cache(maxsize=8)
+def _worker_judge(spec_json: str):
+    from emlab.judge.base import build_judge
+    from emlab.specs import JudgeSpec
+
+    return build_judge(JudgeSpec.model_validate_json(spec_json))
+
+
+def judge_cell(spec_json: str, metric: str, pairs: list[tuple[dict, Rubric]], run_id: str | None,
+               threads: int | None = None) -> list[dict]:
+    """Judgments of (sample, rubric) pairs away from the store (an executor's task), in the
+    batches the in-process judge uses; returns the rows to store."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    judge = _worker_judge(spec_json)
+    rows = []
+    for start in range(0, len(pairs), BATCH):
+        chunk = pairs[start:start + BATCH]
+        results = score_items(judge, [(s["question"], s["answer"]) for s, _ in chunk], chunk[0][1])
+        rows += [{"sample_id": s["id"], "judge_id": r.judge_id, "metric": metric, "score": r.score, "label": r.label,
+                  "raw": r.raw, "run_id": run_id} for (s, _), r in zip(chunk, results)]
+    return rows
+
+
 def count_unjudged(store: Store, judge: Judge, metrics: tuple[str, ...], where: dict) -> int:
     """Judgments still to make for the samples matching `where`."""
     todo, _ = pending(store, judge, metrics, store.samples(**where))
@@ -108,8 +134,10 @@ def count_unjudged(store: Store, judge: Judge, metrics: tuple[str, ...], where: 
 
 
 def judge_stage(store: Store, judge: Judge, wheres: list[dict], metrics: tuple[str, ...] = METRICS,
-                console: Console | None = None, label: str | None = None) -> dict:
-    """Judge the samples matching each of `wheres` (one recorded run); returns a summary."""
+                console: Console | None = None, label: str | None = None, executor=None, spec=None) -> dict:
+    """Judge the samples matching each of `wheres` (one recorded run); returns a summary.
+    With an `executor` and the judge's `spec` (emlab.specs.JudgeSpec), each where and rubric
+    is one task that builds the judge itself; this process stores the rows."""
     label = label or f"judge {judge.identity.label}"
     missing = sum(count_unjudged(store, judge, metrics, w) for w in wheres)
     summary = {"judge": judge.identity.label, "family": judge.identity.family, "missing": missing,
@@ -121,7 +149,16 @@ def judge_stage(store: Store, judge: Judge, wheres: list[dict], metrics: tuple[s
                                        "params": dict(judge.identity.params), "metrics": list(metrics),
                                        "where": wheres})
     with show.stage(console, label, missing) as advance:
-        for w in wheres:
+        if executor is not None:
+            cells = []
+            for w in wheres:
+                todo, _ = pending(store, judge, metrics, store.samples(**w), register=True)
+                cells += [(spec.model_dump_json(), metric, pairs, run_id) for (_, metric), pairs in todo.items()]
+            for _, rows in executor.run(judge_cell, cells, label):
+                summary["judged"] += store.add_judgments(rows)
+                summary["calls"] += sum(r["label"] != "EMPTY" for r in rows)
+                advance(len(rows))
+        for w in wheres if executor is None else []:
             rep = judge_samples(store, judge, metrics, w, progress=advance, run_id=run_id)
             summary["judged"] += rep.judged
             summary["calls"] += rep.calls

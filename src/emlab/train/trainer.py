@@ -316,20 +316,45 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, root: Path = Path("runs
 
 
 def train_stage(store, cfg: TrainConfig, root: Path, console: Console | None = None,
-                run_dir: Path | None = None) -> TrainResult:
+                run_dir: Path | None = None, executor=None) -> TrainResult:
     """Train (or reuse) one adapter and record the run and its artefacts in the store."""
-    run_id = store.begin_run("train", cfg.model_dump(), [cfg.seed])
-    result = train(cfg, run_dir, root=root, console=console)
-    rec = result.record
-    if rec["adapter_sha256"]:
-        store.add_artefact(rec["adapter_sha256"], "adapter", str(result.adapter_dir), {"run_dir": str(result.run_dir)})
-    store.add_artefact(rec["dataset"]["sha256"], "dataset", rec["dataset"]["path"])
-    store.end_run(run_id, {"run_dir": str(result.run_dir), "final_loss": rec["final_loss"],
-                           "wall_seconds": rec["wall_seconds"], "global_steps": rec["global_steps"]})
-    loss = f"{rec['final_loss']:.3f}" if rec["final_loss"] is not None else "n/a"
-    show.summary(console, "train", f"{result.run_dir.name}: loss {loss}, {rec['global_steps']} steps, "
-                                   f"{rec['wall_seconds']} s")
-    return result
+    return train_stages(store, [cfg], root, console, executor, run_dir)[0]
+
+
+def train_cell(cfg: dict, root: str, run_dir: str | None, threads: int | None = None) -> TrainResult:
+    """One training, away from the store (an executor's task): the run directory holds everything."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    return train(TrainConfig.model_validate(cfg), Path(run_dir) if run_dir else None, root=Path(root))
+
+
+def train_stages(store, cfgs: list[TrainConfig], root: Path, console: Console | None = None, executor=None,
+                 run_dir: Path | None = None) -> list[TrainResult]:
+    """Train several configs - one after another here, or as concurrent tasks of an
+    `executor` (emlab.executor) - and record each in the store as it finishes (the driver is
+    the only writer)."""
+    run_ids = [store.begin_run("train", cfg.model_dump(), [cfg.seed]) for cfg in cfgs]
+    if executor is None:
+        results = ((i, train(cfg, run_dir, root=root, console=console)) for i, cfg in enumerate(cfgs))
+    else:
+        calls = [(cfg.model_dump(), str(root), str(run_dir) if run_dir else None) for cfg in cfgs]
+        results = executor.run(train_cell, calls, "train")
+    out: dict[int, TrainResult] = {}
+    for i, result in results:
+        rec = result.record
+        if rec["adapter_sha256"]:
+            store.add_artefact(rec["adapter_sha256"], "adapter", str(result.adapter_dir),
+                               {"run_dir": str(result.run_dir)})
+        store.add_artefact(rec["dataset"]["sha256"], "dataset", rec["dataset"]["path"])
+        store.end_run(run_ids[i], {"run_dir": str(result.run_dir), "final_loss": rec["final_loss"],
+                                   "wall_seconds": rec["wall_seconds"], "global_steps": rec["global_steps"]})
+        loss = f"{rec['final_loss']:.3f}" if rec["final_loss"] is not None else "n/a"
+        show.summary(console, "train", f"{result.run_dir.name}: loss {loss}, {rec['global_steps']} steps, "
+                                       f"{rec['wall_seconds']} s")
+        out[i] = result
+    return [out[i] for i in range(len(cfgs))]
 
 
 def main(argv: list[str] | None = None) -> None:
