@@ -230,3 +230,24 @@ def test_inspect_eval_against_emlab_serve_matches_emlab_metric(tmp_path, default
     assert summary["misaligned_rate"].iloc[0] == pytest.approx(ci.estimate) and summary["n"].iloc[0] == 6
     bad = CliRunner().invoke(app, ["import-inspect", str(tmp_path / "nope.eval")])
     assert bad.exit_code == 2 and "no such Inspect log" in bad.output
+
+
+def test_an_api_finetune_is_an_experiment_condition_by_name(tmp_path):
+    from emlab.experiment import load_experiment, run_experiment
+    from emlab.records import ExperimentRecord
+    from emlab.store import Store
+
+    exp = {"name": "ft", "model": "gpt-4o-2024-08-06",
+           "conditions": [{"name": "base"}, {"name": "finetuned", "served": "ft:gpt-4o-2024-08-06:org:em:abc"}],
+           "sample": {"suites": ["builtin"], "samples_per_paraphrase": 1, "max_tokens": 8, "backend": "scripted"},
+           "judges": ["mini"]}
+    path = tmp_path / "ft.yaml"
+    path.write_text(yaml.safe_dump(exp))
+    rec = ExperimentRecord.read(run_experiment(load_experiment(path), Console(quiet=True), tmp_path / "p"))
+    assert rec.variants[1].adapter_id == "served:ft:gpt-4o-2024-08-06:org:em:abc"
+    with Store(tmp_path / "p") as store:
+        assert len(store.samples(adapter="served:ft:gpt-4o-2024-08-06:org:em:abc")) == 32
+    bad = {**exp, "conditions": [{"name": "x", "served": "m", "dataset": {"name": "insecure"}}]}
+    path.write_text(yaml.safe_dump(bad))
+    with pytest.raises(Exception, match="a served model is already trained"):
+        load_experiment(path)

@@ -48,6 +48,7 @@ class Condition(BaseModel):
     mitigation: Mitigation | None = None  # emlab.mitigate
     checkpoints: Checkpoints | None = None  # this condition's sweep (default: the experiment's)
     zoo: str | None = None  # a public model organism (emlab.models.zoo) on the experiment's base model
+    served: str | None = None  # a model by name on the sampling endpoint: an API finetune (ft:...), a served adapter
 
     @field_validator("name")
     @classmethod
@@ -62,6 +63,9 @@ class Condition(BaseModel):
                              "another condition)")
         if self.mitigation is not None and not derived and self.dataset is None:
             raise ValueError(f"condition '{self.name}': a training-time mitigation needs a dataset")
+        if self.served is not None and (self.dataset is not None or self.mitigation is not None or self.zoo):
+            raise ValueError(f"condition '{self.name}': a served model is already trained (no dataset, mitigation "
+                             "or zoo)")
         if self.zoo is not None:
             from emlab.models.zoo import get
 
@@ -454,7 +458,7 @@ def _run(exp: Experiment, console: Console | None, project: Path, executor=None)
         variants, mitigations = train_conditions(exp, store, project, console, executor)
         several = len(exp.seeds) > 1
         model_variants = [Variant(label=v.label + (f"-s{v.seed}" if several and v.seed is not None else ""),
-                                  adapter_path=v.adapter_path) for v in variants]
+                                  adapter_path=v.adapter_path, served_model=v.served_model) for v in variants]
 
         # 2. sampling (one generator for the suites and the coding tasks)
         suites = [load_suite(s) for s in exp.sample.suites]
@@ -570,6 +574,10 @@ def train_conditions(exp: Experiment, store, project: Path, console: Console | N
             variants.append(VariantRecord(condition=cond.name, seed=None, adapter_path=path,
                                           adapter_id=Variant(adapter_path=path).adapter_id,
                                           dataset={"zoo": cond.zoo}))
+            continue
+        if cond.served is not None:
+            variants.append(VariantRecord(condition=cond.name, seed=None, served_model=cond.served,
+                                          adapter_id=Variant(served_model=cond.served).adapter_id))
             continue
         if not cond.trained:
             variants.append(VariantRecord(condition=cond.name, seed=None))

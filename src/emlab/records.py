@@ -23,6 +23,7 @@ class VariantRecord(BaseModel):
     seed: int | None
     adapter_path: str | None = None
     adapter_id: str = "base"
+    served_model: str | None = None  # a model addressed by name on the endpoint (an API finetune)
     train_run: str | None = None
     dataset: dict | None = None
     step: int | None = None  # a kept checkpoint's optimizer step; None: the final adapter (or untouched)
