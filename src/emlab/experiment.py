@@ -184,9 +184,6 @@ class Experiment(BaseModel):
         return resolve_config(self.train.preset, model=self.model, dataset=data_path, seed=seed,
                               **{**self.train.overrides, **extra})
 
-    @property
-    def has_mitigations(self) -> bool:
-        return any(c.mitigation is not None for c in self.conditions)
 
 
 def _count_nodes(value, budget: list[int]) -> None:
@@ -244,8 +241,9 @@ def load_experiment(path: str | Path) -> Experiment:
 def check_resources(exp: Experiment, dry_run: bool = False) -> list[str]:
     """Everything the experiment names exists and is valid: datasets (resolved and
     validated), suites, coding tasks and judges' weights. Runs before any work. With
-    `dry_run`, direction files that are missing (an earlier emlab stage makes them) are
-    returned as inputs to prepare instead of failing."""
+    `dry_run`, what this machine lacks but a user prepares - direction files (an earlier emlab
+    stage makes them), registered datasets it cannot fetch - is returned as inputs to prepare
+    instead of failing."""
     to_prepare: list[str] = []
     from emlab.data.questions import load_suite
     from emlab.data.registry import resolve_chat_file
@@ -500,7 +498,8 @@ def _run(exp: Experiment, console: Console | None, project: Path, executor=None)
                                           exp.likelihood.seed, console)
 
         dynamics = None
-        if any(v.step is not None for v in variants if not _realigned(exp, v.condition)):
+        if exp.checkpoints is not None or any(v.step is not None for v in variants
+                                              if not _realigned(exp, v.condition)):
             dynamics = dynamics_stage(exp, store, project, variants, model_variants, suites, sampled["gen_hash"],
                                       console)
 
