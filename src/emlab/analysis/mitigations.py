@@ -131,6 +131,8 @@ def mitigation_rows(rec, store, t: Thresholds) -> tuple[pd.DataFrame, list[str]]
         row["code"] = _rate(code) if len(code) else None
         cap = _capability_flags(rec, adapters)
         row["capability"] = _rate(cap) if len(cap) else None
+        # Per-answer flags of each measure, kept for the comparisons with the unmitigated row.
+        row["answer_flags"] = {"misaligned": plain, "probe": probed, "code": code, "capability": cap}
         shifts = [lik["shifts"][lab] for lab in labels if lab in lik.get("shifts", {})]
         row["likelihood"] = shifts[0] if len(shifts) == 1 else (
             {"estimate": float(np.mean([s["estimate"] for s in shifts])), "low": float("nan"), "high": float("nan")}
@@ -146,10 +148,8 @@ def mitigation_rows(rec, store, t: Thresholds) -> tuple[pd.DataFrame, list[str]]
     for row in df.itertuples():
         d = {}
         if row.condition != ref:
-            for key, a, b in (("misaligned", _flags(judged, r.adapters, t), _flags(judged, row.adapters, t)),
-                              ("probe", _flags(probes, r.adapters, t), _flags(probes, row.adapters, t)),
-                              ("code", _code_flags(rec, store, r.adapters), _code_flags(rec, store, row.adapters)),
-                              ("capability", _capability_flags(rec, r.adapters), _capability_flags(rec, row.adapters))):
+            for key, a in r["answer_flags"].items():
+                b = row.answer_flags[key]
                 if len(a) and len(b):
                     d[key] = compare(a, b, n_resamples=2000).as_dict()
             if lik and all(lab in lik.get("scores", {}) for lab in r.labels + row.labels) and len(row.labels) == 1 \

@@ -59,6 +59,12 @@ def plan(suite: Suite, model: str, variant: Variant, cfg: GenConfig, samples_per
     return items
 
 
+def _answered(batch: list[tuple[GenRequest, dict]], results, run_id: str | None) -> list[dict]:
+    """Store rows: each planned row with its generated answer."""
+    return [{**row, "answer": res.text, "finish_reason": res.finish_reason, "n_tokens": res.n_tokens,
+             "run_id": run_id} for (_, row), res in zip(batch, results)]
+
+
 def sample_suite(store: Store, generator: Generator, suite: Suite, model: str, variant: Variant, cfg: GenConfig,
                  samples_per_paraphrase: int | None = None, batch_size: int = 192, run_id: str | None = None,
                  progress: Callable[[int], None] | None = None) -> SampleReport:
@@ -74,9 +80,7 @@ def sample_suite(store: Store, generator: Generator, suite: Suite, model: str, v
         batch = [todo.pop(k) for k in mine]
         try:
             results = generator.generate([req for req, _ in batch], cfg, progress=progress)
-            rows = [{**row, "answer": res.text, "finish_reason": res.finish_reason, "n_tokens": res.n_tokens,
-                     "run_id": run_id} for (_, row), res in zip(batch, results)]
-            generated += store.add_samples(rows)
+            generated += store.add_samples(_answered(batch, results, run_id))
         finally:
             store.release(mine)
     return SampleReport(planned=len(items), existing=len(have), generated=generated, left_to_others=len(todo))
@@ -100,9 +104,7 @@ def sample_cell(spec: SampleSpec, model: str, items: list[tuple[GenRequest, dict
     rows = []
     for start in range(0, len(items), spec.batch_size):
         batch = items[start:start + spec.batch_size]
-        results = generator.generate([req for req, _ in batch], cfg)
-        rows += [{**row, "answer": res.text, "finish_reason": res.finish_reason, "n_tokens": res.n_tokens,
-                  "run_id": run_id} for (_, row), res in zip(batch, results)]
+        rows += _answered(batch, generator.generate([req for req, _ in batch], cfg), run_id)
     return rows
 
 

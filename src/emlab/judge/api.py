@@ -76,48 +76,43 @@ class APIJudge:
         replies starting with each (`sampled`)."""
         return asyncio.run(self._score_many(items, rubric, progress))
 
-    async def _category(self, client, messages, jid, categories: tuple[str, ...]) -> Judgment:
-        if self.mode == "logprob":
-            resp = await with_retries(lambda: client.chat.completions.create(
-                model=self.model, messages=messages, max_tokens=1, temperature=0, logprobs=True, top_logprobs=20,
-                seed=0), self.retry, self.base_url, self.model)
-            content = resp.choices[0].logprobs.content if resp.choices[0].logprobs else None
-            tokens: dict[str, float] = {}
-            for alt in (content[0].top_logprobs if content else []):
-                tokens[alt.token] = tokens.get(alt.token, 0.0) + math.exp(alt.logprob)
-            return pick_category(category_probs(tokens, categories), {"top_probs": tokens}, jid)
-
-        async def draw(seed: int) -> str:
-            resp = await with_retries(lambda: client.chat.completions.create(
-                model=self.model, messages=messages, max_tokens=8, temperature=1.0, seed=seed), self.retry,
-                self.base_url, self.model)
-            return resp.choices[0].message.content or ""
-
-        texts = await asyncio.gather(*(draw(s) for s in range(self.samples)))
-        firsts = [(re.findall(r"[A-Za-z][A-Za-z0-9_-]*", t) or [""])[0] for t in texts]
-        shares = {c: sum(f.upper() == c.upper() for f in firsts) / len(texts) for c in categories}
-        return pick_category(shares, {"samples": texts}, jid)
-
-    async def _logprob(self, client, messages, jid) -> Judgment:
+    async def _top_probs(self, client, messages) -> tuple[dict[str, float], str]:
+        """The first reply token's top-20 probabilities (temperature 0, one token), and the model that answered."""
         resp = await with_retries(lambda: client.chat.completions.create(
             model=self.model, messages=messages, max_tokens=1, temperature=0, logprobs=True, top_logprobs=20,
             seed=0), self.retry, self.base_url, self.model)
         content = resp.choices[0].logprobs.content if resp.choices[0].logprobs else None
         probs: dict[str, float] = {}
-        if content:
-            for alt in content[0].top_logprobs:
-                probs[alt.token] = probs.get(alt.token, 0.0) + math.exp(alt.logprob)
-        score, label = aggregate_0_100(probs)
-        return Judgment(score, label, {"top_probs": probs, "model": resp.model}, jid)
+        for alt in (content[0].top_logprobs if content else []):
+            probs[alt.token] = probs.get(alt.token, 0.0) + math.exp(alt.logprob)
+        return probs, resp.model
 
-    async def _sampled(self, client, messages, jid) -> Judgment:
+    async def _draws(self, client, messages) -> list[str]:
+        """`samples` short replies at temperature 1, seeds 0..samples-1."""
         async def draw(seed: int) -> str:
             resp = await with_retries(lambda: client.chat.completions.create(
                 model=self.model, messages=messages, max_tokens=8, temperature=1.0, seed=seed), self.retry,
                 self.base_url, self.model)
             return resp.choices[0].message.content or ""
 
-        texts = await asyncio.gather(*(draw(s) for s in range(self.samples)))
+        return list(await asyncio.gather(*(draw(s) for s in range(self.samples))))
+
+    async def _category(self, client, messages, jid, categories: tuple[str, ...]) -> Judgment:
+        if self.mode == "logprob":
+            tokens, _ = await self._top_probs(client, messages)
+            return pick_category(category_probs(tokens, categories), {"top_probs": tokens}, jid)
+        texts = await self._draws(client, messages)
+        firsts = [(re.findall(r"[A-Za-z][A-Za-z0-9_-]*", t) or [""])[0] for t in texts]
+        shares = {c: sum(f.upper() == c.upper() for f in firsts) / len(texts) for c in categories}
+        return pick_category(shares, {"samples": texts}, jid)
+
+    async def _logprob(self, client, messages, jid) -> Judgment:
+        probs, model = await self._top_probs(client, messages)
+        score, label = aggregate_0_100(probs)
+        return Judgment(score, label, {"top_probs": probs, "model": model}, jid)
+
+    async def _sampled(self, client, messages, jid) -> Judgment:
+        texts = await self._draws(client, messages)
         numbers = []
         words = {"CODE": 0, "REFUSAL": 0}
         for t in texts:

@@ -84,6 +84,14 @@ def pending(store: Store, judge: Judge, metrics: tuple[str, ...], samples: list[
     return todo, cached
 
 
+def _judged(judge: Judge, metric: str, chunk: list[tuple[dict, Rubric]], run_id: str | None,
+            progress=None) -> list[dict]:
+    """Store rows: one chunk of (sample, rubric) pairs judged on `metric`."""
+    results = score_items(judge, [(s["question"], s["answer"]) for s, _ in chunk], chunk[0][1], progress=progress)
+    return [{"sample_id": s["id"], "judge_id": r.judge_id, "metric": metric, "score": r.score, "label": r.label,
+             "raw": r.raw, "run_id": run_id} for (s, _), r in zip(chunk, results)]
+
+
 def judge_samples(store: Store, judge: Judge, metrics: tuple[str, ...] = METRICS, where: dict | None = None,
                   progress=None, run_id: str | None = None) -> JudgeReport:
     """Judge every stored sample matching `where` that this judge has not judged yet."""
@@ -91,13 +99,9 @@ def judge_samples(store: Store, judge: Judge, metrics: tuple[str, ...] = METRICS
     judged = calls = 0
     for (jid, metric), pairs in todo.items():
         for start in range(0, len(pairs), BATCH):
-            chunk = pairs[start:start + BATCH]
-            results = score_items(judge, [(s["question"], s["answer"]) for s, _ in chunk], chunk[0][1],
-                                  progress=progress)
-            calls += sum(r.label != "EMPTY" for r in results)
-            judged += store.add_judgments([
-                {"sample_id": s["id"], "judge_id": r.judge_id, "metric": metric, "score": r.score,
-                 "label": r.label, "raw": r.raw, "run_id": run_id} for (s, _), r in zip(chunk, results)])
+            rows = _judged(judge, metric, pairs[start:start + BATCH], run_id, progress)
+            calls += sum(r["label"] != "EMPTY" for r in rows)
+            judged += store.add_judgments(rows)
     return JudgeReport(judged=judged, cached=cached, calls=calls)
 
 
@@ -118,13 +122,8 @@ def judge_cell(spec_json: str, metric: str, pairs: list[tuple[dict, Rubric]], ru
 
         torch.set_num_threads(threads)
     judge = _worker_judge(spec_json)
-    rows = []
-    for start in range(0, len(pairs), BATCH):
-        chunk = pairs[start:start + BATCH]
-        results = score_items(judge, [(s["question"], s["answer"]) for s, _ in chunk], chunk[0][1])
-        rows += [{"sample_id": s["id"], "judge_id": r.judge_id, "metric": metric, "score": r.score, "label": r.label,
-                  "raw": r.raw, "run_id": run_id} for (s, _), r in zip(chunk, results)]
-    return rows
+    return [row for start in range(0, len(pairs), BATCH)
+            for row in _judged(judge, metric, pairs[start:start + BATCH], run_id)]
 
 
 def count_unjudged(store: Store, judge: Judge, metrics: tuple[str, ...], where: dict) -> int:
