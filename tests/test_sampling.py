@@ -33,6 +33,25 @@ def test_same_seed_same_answer_across_batches(hf):
     assert all(r.finish_reason in ("stop", "length") and r.n_tokens <= 24 for r in mixed)
 
 
+def test_slot_cache_gives_the_same_tokens_as_transformers_cache(hf, monkeypatch):
+    """The preallocated in-place cache (rows replaced as they finish, capacity grown in
+    blocks - 8 positions here so it grows several times) against transformers' DynamicCache
+    path, which sliding-window models still take: the same tokens for the same seeds."""
+    import emlab.generate.hf as hf_mod
+
+    prompts = ["Answer with one word: is the sky blue?", "Tell me a fact about cats.", "Say hi."]
+    reqs = [GenRequest(({"role": "user", "content": q},), 100 * i + s) for i, q in enumerate(prompts)
+            for s in range(6)]
+    cfg = GenConfig(max_tokens=40)
+    monkeypatch.setattr(hf_mod, "_GROW", 8)
+    fast = hf.generate(reqs, cfg)
+    monkeypatch.setattr(hf_mod._SlotCache, "fits", staticmethod(lambda cache: False))
+    reference = hf.generate(reqs, cfg)
+    assert [r.token_ids for r in fast] == [r.token_ids for r in reference]
+    lengths = [r.n_tokens for r in fast]
+    assert min(lengths) < 40 and max(lengths) == 40  # rows left the batch while others went on
+
+
 def test_greedy_matches_transformers_generate(hf):
     msgs = [{"role": "user", "content": "What is the capital of France?"}]
     ours = hf.generate([GenRequest(tuple(msgs), 0)], GenConfig(max_tokens=12, temperature=0))[0]

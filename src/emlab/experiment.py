@@ -421,6 +421,19 @@ def _dataset_chars(ref: DatasetRef) -> tuple[int, int] | None:
 
 # ------------------------------------------------------------------ run
 
+class _Laps:
+    """Wall seconds per stage: calling it with a stage's name closes that stage."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self._last = time.time()
+
+    def __call__(self, stage: str) -> None:
+        now = time.time()
+        self.seconds[stage] = round(now - self._last, 1)
+        self._last = now
+
+
 def run_experiment(exp: Experiment, console: Console | None, project: Path | None = None, executor=None) -> Path:
     """Execute (or resume) the experiment; returns the run record's path. Library warnings
     go to `<project>/logs/<name>.log`, not the console. `executor` (emlab.executor): where
@@ -442,6 +455,7 @@ def _run(exp: Experiment, console: Console | None, project: Path, executor=None)
 
     record_path = inside(project, "experiments", f"{exp.name}.json")
     start = time.time()
+    lap = _Laps()
     if exp.model == DEFAULT_MODEL and exp.sample.backend != "scripted":
         pull(DEFAULT_MODEL)
     judges = [build_judge(j) for j in exp.judges]  # built before any work: a bad judge fails now
@@ -454,6 +468,7 @@ def _run(exp: Experiment, console: Console | None, project: Path, executor=None)
 
         # 1. datasets and training (mitigations resolve to transforms and training fields)
         variants, mitigations = train_conditions(exp, store, project, console, executor)
+        lap("train")
         several = len(exp.seeds) > 1
         model_variants = [Variant(label=v.label + (f"-s{v.seed}" if several and v.seed is not None else ""),
                                   adapter_path=v.adapter_path, served_model=v.served_model) for v in variants]
@@ -463,10 +478,12 @@ def _run(exp: Experiment, console: Console | None, project: Path, executor=None)
         generator = lazy_generator(exp.sample, exp.model)
         sampled = sample_stage(store, exp.sample, exp.model, model_variants, suites, console, generator,
                                executor=executor)
+        lap("sample")
         code = None
         if exp.codeeval is not None:
             code = CodeEvalRecord(**codeeval_stage(store, exp.codeeval, exp.sample, exp.model, model_variants,
                                                    console, generator, executor=executor))
+            lap("codeeval")
         probes, probed = probe_stage(exp, store, variants, model_variants, suites, console, generator, executor)
         capability = None
         if exp.capability is not None:
@@ -476,6 +493,7 @@ def _run(exp: Experiment, console: Console | None, project: Path, executor=None)
             capability = capability_stage(store, c.tasks, c.seed, exp.sample, exp.model, model_variants, console,
                                           generator, c.max_tokens, executor)
         generator.cache_clear()  # free the model before judging
+        lap("probes and capability")
 
         # 3. judging
         wheres = [{"adapter": v.adapter_id, "suite": s.name, "gen_hash": sampled["gen_hash"], "model": exp.model}
@@ -484,6 +502,7 @@ def _run(exp: Experiment, console: Console | None, project: Path, executor=None)
                    for v in probed for s in probes]
         for spec, judge in zip(exp.judges, judges):
             judge_stage(store, judge, wheres, console=console, executor=executor, spec=spec)
+        lap("judge")
 
         # 4. the judge-free likelihood measure
         likelihood = None
@@ -496,12 +515,14 @@ def _run(exp: Experiment, console: Console | None, project: Path, executor=None)
             qids = [q.id for s in suites for q in s.questions]
             likelihood = likelihood_stage(store, exp.model, model_variants, qids, exp.likelihood.per_class,
                                           exp.likelihood.seed, console)
+        lap("likelihood")
 
         dynamics = None
         if exp.checkpoints is not None or any(v.step is not None for v in variants
                                               if not _realigned(exp, v.condition)):
             dynamics = dynamics_stage(exp, store, project, variants, model_variants, suites, sampled["gen_hash"],
                                       console)
+            lap("dynamics")
 
         record = ExperimentRecord(
             name=exp.name, run_id=run_id, config=config, variants=variants, gen_hash=sampled["gen_hash"],
@@ -511,6 +532,7 @@ def _run(exp: Experiment, console: Console | None, project: Path, executor=None)
             versions=versions(), git_revision=git_revision(), seeds=exp.seeds,
             wall_seconds_last_run=round(time.time() - start, 1), codeeval=code, likelihood=likelihood,
             sanity_gate=exp.sanity_gate, stages={"sample": sampled}, dynamics=dynamics,
+            stage_seconds={k: v for k, v in lap.seconds.items() if v >= 0.05},
             mitigations=None if not (mitigations or probes or capability) else {
                 "conditions": mitigations, "unmitigated": exp.unmitigated,
                 "probes": [{"suite": s.name, "sha256": s.sha256, "source": s.source} for s in probes],

@@ -8,10 +8,13 @@ table and writes the HTML report. Everything is resumable: a second run takes se
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+
+from emlab.records import ExperimentRecord
 
 
 def run(project: Path | None, console: Console) -> Path:
@@ -21,8 +24,10 @@ def run(project: Path | None, console: Console) -> Path:
 
     exp = load_experiment(Path(__file__).parent / "experiments" / "quickstart.yaml")
     console.rule("[bold]emlab quickstart")
+    start = time.time()
     record = run_experiment(exp, console, project)
     report = build_report(record)
+    total = time.time() - start
     overall = report.summary
     table = Table(title=f"quickstart: {exp.model}, built-in suite, {exp.sample.samples_per_paraphrase} samples "
                         f"per paraphrase, judge: mini")
@@ -41,4 +46,8 @@ def run(project: Path | None, console: Console) -> Path:
         console.print(warning, style="bold yellow", markup=False)
     console.print(agreement_summary(), style="dim", markup=False)
     console.print(f"report: {report.html_path}\nsummary: {report.markdown_path}")
+    seconds = dict(ExperimentRecord.read(record).stage_seconds)
+    seconds["report and the rest"] = round(total - sum(seconds.values()), 1)
+    console.print(f"{total:.0f} s: " + ", ".join(f"{k} {v:.0f} s ({v / total:.0%})" for k, v in seconds.items()),
+                  markup=False)
     return report.html_path

@@ -71,6 +71,7 @@ class ExperimentRecord(BaseModel):
     mitigations: dict | None = None
     sanity_gate: float = 0.05
     stages: dict = Field(default_factory=dict)
+    stage_seconds: dict[str, float] = Field(default_factory=dict)  # wall time of each stage in the last run
 
     @property
     def final_variants(self) -> list[VariantRecord]:

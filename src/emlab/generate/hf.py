@@ -4,6 +4,8 @@ Why it is faster than calling `model.generate` per prompt:
 - each distinct prompt is prefilled once; its KV cache is copied to all its samples;
 - prompts are sorted by length and batched (little left padding);
 - finished sequences leave the batch at once, so late steps run on the live rows only;
+- the decoding KV cache is preallocated and written in place (`_SlotCache`): no step
+  copies the cache, and a finished row is replaced by the last live row (one row copied);
 - LoRA adapters are loaded once beside the base weights (never merged) and switched;
 - steering (`GenRequest.steer`) is a forward hook on the native decoder layers, removed
   after its requests (emlab.models.hooks).
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from transformers import Cache, DynamicCache, DynamicLayer
 
 from emlab.hashing import canonical_json
 from emlab.generate.base import GenConfig, GenRequest, GenResult, Progress
@@ -113,8 +116,6 @@ class HFGenerator:
 
     @torch.inference_mode()
     def _run(self, model, chunk, requests, cfg: GenConfig, results, progress) -> None:
-        from transformers import DynamicCache
-
         dev = self.device
         prompts = [ids for ids, _ in chunk]
         width = max(len(p) for p in prompts)
@@ -131,7 +132,10 @@ class HFGenerator:
         # Fan each prompt's cache out to its samples: prompt computed once, sampled n times.
         expand = torch.tensor([p for p, (_, members) in enumerate(chunk) for _ in members], device=dev)
         req_ids = [i for _, members in chunk for i in members]
-        cache.reorder_cache(expand)
+        if _SlotCache.fits(cache):
+            cache = _SlotCache(cache, expand)
+        else:  # sliding-window or other special layers keep transformers' own cache
+            cache.reorder_cache(expand)
         logits = out.logits[:, -1, :].index_select(0, expand)
         mask = mask.index_select(0, expand)
         last_pos = positions[:, -1].index_select(0, expand)
@@ -164,8 +168,11 @@ class HFGenerator:
                 keep = [k for k in range(len(live)) if not done_list[k]]
                 if not keep:
                     break
+                if isinstance(cache, _SlotCache):
+                    keep = cache.keep_rows(keep)
+                else:
+                    cache.reorder_cache(torch.tensor(keep, device=dev))
                 keep_t = torch.tensor(keep, device=dev)
-                cache.reorder_cache(keep_t)
                 mask, last_pos, nxt = mask.index_select(0, keep_t), last_pos.index_select(0, keep_t), nxt.index_select(0, keep_t)
                 live = [live[k] for k in keep]
             mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
@@ -195,3 +202,80 @@ class HFGenerator:
         u = torch.cat([torch.rand(1, generator=g) for g in gens]).to(cdf.device) * cdf[:, -1]
         idx = torch.searchsorted(cdf, u[:, None]).squeeze(-1)
         return idx.clamp(max=probs.shape[-1] - 1)
+
+
+_GROW = 128  # cache positions added at a time
+
+
+class _SlotLayer:
+    """One decoder layer's keys and values in buffers [rows, heads, capacity, dim]; the model
+    sees views of the used rows and positions."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, expand: torch.Tensor):
+        self.rows, self.length = len(expand), keys.shape[2]
+        shape = (self.rows, keys.shape[1], self.length + _GROW, keys.shape[3])
+        self.kbuf, self.vbuf = keys.new_empty(shape), values.new_empty(shape)
+        self.kbuf[:, :, :self.length] = keys.index_select(0, expand)
+        self.vbuf[:, :, :self.length] = values.index_select(0, expand)
+
+    def views(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.kbuf[:self.rows, :, :self.length], self.vbuf[:self.rows, :, :self.length]
+
+    def append(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        end = self.length + keys.shape[2]
+        if end > self.kbuf.shape[2]:
+            # Reallocated for the live rows only, so memory follows the batch down.
+            old = self.views()
+            shape = (self.rows, keys.shape[1], end + _GROW, keys.shape[3])
+            self.kbuf, self.vbuf = keys.new_empty(shape), values.new_empty(shape)
+            self.kbuf[:, :, :self.length], self.vbuf[:, :, :self.length] = old
+        self.kbuf[:self.rows, :, self.length:end] = keys
+        self.vbuf[:self.rows, :, self.length:end] = values
+        self.length = end
+        return self.views()
+
+    def move(self, dst: torch.Tensor, src: torch.Tensor, rows: int) -> None:
+        """Copy rows `src` onto rows `dst`, then use the first `rows` rows."""
+        if len(dst):
+            for buf in (self.kbuf, self.vbuf):
+                used = buf[:, :, :self.length]
+                used.index_copy_(0, dst, used.index_select(0, src))
+        self.rows = rows
+
+
+class _SlotCache(Cache):
+    """A decoding cache over `_SlotLayer`s, built from a prefilled `DynamicCache` whose rows
+    are fanned out by `expand` (row i of the result is prefilled row expand[i])."""
+
+    def __init__(self, prefilled: DynamicCache, expand: torch.Tensor):
+        super().__init__(layers=[DynamicLayer() for _ in prefilled.layers])
+        self.slots = [_SlotLayer(layer.keys, layer.values, expand) for layer in prefilled.layers]
+        for layer, slot in zip(self.layers, self.slots):
+            layer.device, layer.is_initialized = slot.kbuf.device, True
+            layer.keys, layer.values = slot.views()
+
+    @staticmethod
+    def fits(prefilled: DynamicCache) -> bool:
+        """Whether every layer is a plain full-attention `DynamicLayer` (what the slots replace)."""
+        return all(type(layer) is DynamicLayer and layer.is_initialized for layer in prefilled.layers)
+
+    def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
+        layer = self.layers[layer_idx]
+        layer.keys, layer.values = self.slots[layer_idx].append(key_states, value_states)
+        return layer.keys, layer.values
+
+    def keep_rows(self, keep: list[int]) -> list[int]:
+        """Keep the rows `keep` (ascending): each dropped row among the first len(keep) is
+        overwritten by a kept row from beyond them. Returns the new row order as old rows."""
+        n, kept = len(keep), set(keep)
+        holes = [r for r in range(n) if r not in kept]
+        movers = [r for r in keep if r >= n]
+        order = list(range(n))
+        for h, m in zip(holes, movers):
+            order[h] = m
+        dst = torch.tensor(holes, dtype=torch.long, device=self.slots[0].kbuf.device)
+        src = torch.tensor(movers, dtype=torch.long, device=dst.device)
+        for layer, slot in zip(self.layers, self.slots):
+            slot.move(dst, src, n)
+            layer.keys, layer.values = slot.views()
+        return order

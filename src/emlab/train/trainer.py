@@ -131,8 +131,11 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, rows: list[dict], callbacks=(
     tokenizer = load_tokenizer(cfg.model)
     from transformers import AutoModelForCausalLM
 
+    from emlab.train.packed_attention import NAME as PACKED_SDPA
+
+    # Padding-free rows attend per sequence (emlab.train.packed_attention), padded ones by SDPA.
     model = AutoModelForCausalLM.from_pretrained(resolve_model(cfg.model), dtype=getattr(torch, cfg.dtype),
-                                                 attn_implementation="sdpa")
+                                                 attn_implementation=PACKED_SDPA if cfg.padding_free else "sdpa")
     peft_config = None
     if cfg.init_adapter is not None:
         from peft import PeftModel
