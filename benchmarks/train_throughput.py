@@ -3,7 +3,7 @@ and emlab's per-sequence attention vs transformers' masked SDPA on the same padd
 
 All train the default model with the same LoRA (cpu-quick: r=8, all projections), batch 4,
 the same seed and the same 256 rows of the paper's insecure.jsonl, for the same number of
-optimizer steps; only the batching differs. Prints real (non-pad) tokens/s, the ratio, and
+optimizer steps; only the batching (and, in the middle run, the attention) differs. Prints real (non-pad) tokens/s, the ratio, and
 model FLOPs utilisation against an fp32 matmul peak measured in this run.
 
     EMLAB_DATA_DIR=../shared/data python benchmarks/train_throughput.py [--steps 16]
