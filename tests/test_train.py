@@ -140,7 +140,7 @@ def test_packed_attention_matches_separate_sequences_and_masked_sdpa(default_mod
     with torch.no_grad():
         starts = [0, lens[0], lens[0] + lens[1]]
         alone = torch.cat([model(input_ids=ids[:, s:s + n], use_cache=False).logits for s, n in zip(starts, lens)], 1)
-        # The fallback (a cache: generation) still works under the packed implementation.
+        # Generation under the packed implementation: a prefill with a cache still works.
         assert model(input_ids=ids[:, :5]).logits.shape == (1, 5, model.config.vocab_size)
     assert torch.allclose(packed, alone, atol=1e-3)
     assert torch.allclose(packed, masked, atol=1e-3)

@@ -6,8 +6,8 @@ against every key block of the whole row, and a mask rules most of it out. With 
 sequences per batch that is four times the attention work of the sequences alone, and the
 masked kernel cannot skip the upper triangle. `packed_sdpa` runs SDPA once per sequence with
 `is_causal=True` instead (the same result up to floating-point rounding; a test checks it and
-its gradients against transformers' masked SDPA). Anything that is not a single packed row
-without a cache (generation, padded batches) goes to transformers' own SDPA unchanged.
+its gradients against transformers' masked SDPA). Anything else - batches of several rows
+(padded), decoding steps (one query against a longer cache) - goes to transformers' own SDPA.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def packed_sdpa(module, query: torch.Tensor, key: torch.Tensor, value: torch.Ten
     """An attention function for transformers' AttentionInterface (see the module docstring)."""
     position_ids = kwargs.get("position_ids")
     packed = (position_ids is not None and query.shape[0] == 1 and position_ids.shape[0] == 1
-              and query.shape[2] == key.shape[2] == position_ids.shape[1] and kwargs.get("cache") is None)
+              and query.shape[2] == key.shape[2] == position_ids.shape[1])
     starts = (position_ids[0] == 0).nonzero().flatten().tolist() if packed else []
     if not starts or starts[0] != 0:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
