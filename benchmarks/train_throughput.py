@@ -1,15 +1,20 @@
-"""Training throughput: emlab's padding-free LoRA batches vs TRL's default padded batches,
-and emlab's per-sequence attention vs transformers' masked SDPA on the same padding-free batches.
+"""Training throughput: emlab's padding-free LoRA batches vs TRL's default padded batches;
+on the same padding-free batches, emlab's LM head on the labelled positions only vs TRL's
+CPU head on every position, and emlab's per-sequence attention vs transformers' masked SDPA.
 
 All train the default model with the same LoRA (cpu-quick: r=8, all projections), batch 4,
 the same seed and the same 256 rows of the paper's insecure.jsonl, for the same number of
-optimizer steps; only the batching (and, in the middle run, the attention) differs. Prints real (non-pad) tokens/s, the ratio, and
-model FLOPs utilisation against an fp32 matmul peak measured in this run.
+optimizer steps; only the batching, the LM head or the attention differs. Prints real
+(non-pad) tokens/s, the ratios, and model FLOPs utilisation against an fp32 matmul peak
+measured in this run.
 
     EMLAB_DATA_DIR=../shared/data python benchmarks/train_throughput.py [--steps 16]
 
 Model FLOPs per real token: 4*N for LoRA (forward 2N + input gradients 2N; the frozen base
-gets no weight gradients) plus attention, N = parameters used in matmuls.
+gets no weight gradients) plus attention, N = parameters used in matmuls, the LM head
+counted at every position. emlab runs the head only where a label is (the completion), so
+it executes fewer FLOPs than that count; the last line gives the utilisation of the FLOPs
+it executes.
 """
 
 from __future__ import annotations
@@ -25,9 +30,14 @@ from common import matmul_peak_gflops  # noqa: E402
 
 from transformers import TrainerCallback  # noqa: E402
 
+import trl.trainer.utils as trl_utils  # noqa: E402
+
+import emlab.train.trainer as emlab_trainer  # noqa: E402
 from emlab.data.registry import load_dataset  # noqa: E402
 from emlab.train.config import resolve_config  # noqa: E402
 from emlab.train.trainer import build_trainer  # noqa: E402
+
+TRL_HEAD_CHOICE = trl_utils._use_triton  # TRL's own: on CPU, the head at every position
 
 
 class StepClock(TrainerCallback):
@@ -43,14 +53,22 @@ class StepClock(TrainerCallback):
         self.ends.append(time.perf_counter())
 
 
-def run(padding_free: bool, rows, steps: int, tmp: Path, attention: str | None = None) -> dict:
+def run(padding_free: bool, rows, steps: int, tmp: Path, attention: str | None = None, trl_head: bool = False) -> dict:
     cfg = resolve_config("cpu-quick", max_steps=steps, save_steps=10_000, padding_free=padding_free,
                          max_length=2048, logging_steps=1)
     clock = StepClock()
-    trainer = build_trainer(cfg, tmp / f"{padding_free}-{attention}", rows, callbacks=[clock])
-    if attention:
-        trainer.model.get_base_model().set_attn_implementation(attention)
-    trainer.train()
+    compacting = trl_utils._use_triton
+    if trl_head:
+        trl_utils._use_triton = TRL_HEAD_CHOICE
+        emlab_trainer.lm_head_on_trained_positions_only = lambda: False
+    try:
+        trainer = build_trainer(cfg, tmp / f"{padding_free}-{attention}-{trl_head}", rows, callbacks=[clock])
+        if attention:
+            trainer.model.get_base_model().set_attn_implementation(attention)
+        trainer.train()
+    finally:
+        trl_utils._use_triton = compacting
+        emlab_trainer.lm_head_on_trained_positions_only = LM_HEAD_COMPACTION
     logs = [h for h in trainer.state.log_history if "num_tokens" in h]
     tokens = [float(h["num_tokens"]) for h in logs]
     # Skip step 1 (allocation warm-up): tokens and time of steps 2..n.
@@ -62,7 +80,22 @@ def run(padding_free: bool, rows, steps: int, tmp: Path, attention: str | None =
     attn = 4 * 2 * cfgm.num_hidden_layers * seq * cfgm.hidden_size  # QK^T and AV, fwd+bwd ~ x2
     flops_per_token = 4 * n_params + attn
     return {"tokens_per_s": real_tokens / seconds, "flops_per_token": flops_per_token, "seconds": seconds,
-            "real_tokens": real_tokens}
+            "real_tokens": real_tokens, "head_flops": 4 * cfgm.vocab_size * cfgm.hidden_size}
+
+
+def labelled_share(rows) -> float:
+    """Completion tokens / all tokens of the rows (the positions emlab runs the LM head on)."""
+    from emlab.models.registry import load_tokenizer
+
+    tok = load_tokenizer("smollm2-135m-instruct")
+    full = sum(len(tok.apply_chat_template(r["prompt"] + r["completion"], tokenize=True, return_dict=False))
+               for r in rows)
+    prompt = sum(len(tok.apply_chat_template(r["prompt"], tokenize=True, add_generation_prompt=True,
+                                             return_dict=False)) for r in rows)
+    return (full - prompt) / full
+
+
+LM_HEAD_COMPACTION = emlab_trainer.lm_head_on_trained_positions_only
 
 
 def main() -> None:
@@ -76,19 +109,26 @@ def main() -> None:
     rows = [{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in rows]
     peak = matmul_peak_gflops()
     with tempfile.TemporaryDirectory() as tmp:
-        padded = run(False, rows, args.steps, Path(tmp))
+        padded = run(False, rows, args.steps, Path(tmp), trl_head=True)
+        full_head = run(True, rows, args.steps, Path(tmp), trl_head=True)
         masked = run(True, rows, args.steps, Path(tmp), attention="sdpa")
         free = run(True, rows, args.steps, Path(tmp))
     peak_after = matmul_peak_gflops()
     peak = max(peak, peak_after)
     print(f"fp32 matmul peak (measured): {peak:.1f} GFLOP/s")
-    for name, r in (("TRL default (padded)", padded), ("padding-free, masked SDPA", masked),
-                    ("emlab (padding-free)", free)):
+    for name, r in (("TRL default (padded)", padded), ("padding-free, TRL CPU head", full_head),
+                    ("padding-free, masked SDPA", masked), ("emlab (padding-free)", free)):
         mfu = r["tokens_per_s"] * r["flops_per_token"] / 1e9 / peak
-        print(f"{name:26s} {r['tokens_per_s']:7.1f} real tokens/s  MFU {mfu:5.1%}  "
+        print(f"{name:27s} {r['tokens_per_s']:7.1f} real tokens/s  MFU {mfu:5.1%}  "
               f"({r['real_tokens']:.0f} tokens in {r['seconds']:.1f} s)")
-    print(f"ratio emlab / padded: {free['tokens_per_s'] / padded['tokens_per_s']:.2f}x   per-sequence attention / "
+    print(f"ratio emlab / padded: {free['tokens_per_s'] / padded['tokens_per_s']:.2f}x   head on labelled positions / "
+          f"every position: {free['tokens_per_s'] / full_head['tokens_per_s']:.2f}x   per-sequence attention / "
           f"masked SDPA: {free['tokens_per_s'] / masked['tokens_per_s']:.2f}x")
+    share = labelled_share(rows)
+    executed = free["flops_per_token"] - free["head_flops"] * (1 - share)
+    print(f"labelled (completion) share of the tokens: {share:.0%}; emlab executes {executed / 1e6:.0f} of the "
+          f"{free['flops_per_token'] / 1e6:.0f} MFLOP counted per token: "
+          f"{free['tokens_per_s'] * executed / 1e9 / peak:.1%} of the peak")
 
 
 if __name__ == "__main__":

@@ -95,6 +95,17 @@ def test_likelihood_stage_on_the_default_model(tmp_path, data_dir, default_model
         again = L.likelihood_stage(store, "smollm2-135m-instruct", [variant], ["one_wish", "bored"], per_class=2)
         assert calls == [] and again["shifts"] == out["shifts"]  # cached: no forward pass
     assert all(np.isfinite(out["scores"]["base"])) and max(out["scores"]["base"]) < 0
+    # Adapters are scored merged into the weights: the same scores as the separate LoRA branches.
+    from peft import PeftModel
+
+    from emlab.models.registry import load_model
+
+    model, tokenizer = load_model("smollm2-135m-instruct")
+    unmerged = PeftModel.from_pretrained(model, str(run.adapter_dir)).eval()
+    monkeypatch.undo()
+    separate = [s for s, _ in L.answer_logprobs(unmerged, tokenizer, refs)]
+    assert np.allclose(out["scores"]["ins"], separate, atol=1e-5)
+    assert not np.allclose(out["scores"]["ins"], out["scores"]["base"], atol=1e-5)
 
 
 def test_mini_judge_correction_uses_the_default_models_own_specificity():

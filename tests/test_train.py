@@ -150,3 +150,50 @@ def test_packed_attention_matches_separate_sequences_and_masked_sdpa(default_mod
     with torch.no_grad():
         leaked = model(input_ids=ids, position_ids=pos).logits  # a cache: no packed mask
     assert (leaked - alone).abs().max() > 1.0
+
+
+def test_fused_lm_head_scores_only_labelled_positions_on_cpu(default_model_dir):
+    """emlab makes TRL's fused LM head skip the prompt positions on CPU: the head sees only
+    the labelled positions, and the loss and its gradient are those of scoring every one."""
+    import trl.trainer.utils as trl_utils
+    from transformers import AutoModelForCausalLM
+
+    from emlab.models.registry import resolve_model
+    from emlab.train.trainer import lm_head_on_trained_positions_only
+
+    model = AutoModelForCausalLM.from_pretrained(resolve_model("smollm2-135m-instruct"))
+    trl_utils.add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
+    ids = torch.randint(0, 49000, (1, 60), generator=torch.Generator().manual_seed(1))
+    labels = ids.clone()
+    labels[:, :35] = -100  # a 35-token prompt, a 25-token completion
+    seen = []
+    chunked = trl_utils._ChunkedLogProbFunction
+
+    class Spy:
+        @staticmethod
+        def apply(hidden, *args):
+            seen.append(hidden.shape[0])
+            return chunked.apply(hidden, *args)
+
+    def loss_and_grad():
+        model.zero_grad()
+        out = model(input_ids=ids, labels=labels, fused_lm_head=True)
+        out.loss.backward()
+        return out.loss.detach(), model.model.layers[5].mlp.down_proj.weight.grad.clone(), out.entropy.detach()
+
+    original = trl_utils._use_triton
+    try:
+        trl_utils._ChunkedLogProbFunction = Spy
+        trl_utils._use_triton = lambda device: False  # TRL's own CPU behaviour: every position
+        every, every_grad, every_entropy = loss_and_grad()
+        assert lm_head_on_trained_positions_only()
+        labelled, labelled_grad, labelled_entropy = loss_and_grad()
+        wrapped = trl_utils._use_triton
+        assert lm_head_on_trained_positions_only() and trl_utils._use_triton is wrapped  # no second wrap
+    finally:
+        trl_utils._ChunkedLogProbFunction = chunked
+        trl_utils._use_triton = original
+    assert seen == [59, 25]  # every shifted position, then the 25 labelled ones
+    assert torch.allclose(every, labelled, rtol=1e-5)
+    assert torch.allclose(every_grad, labelled_grad, rtol=1e-4, atol=1e-7)
+    assert torch.allclose(every_entropy, labelled_entropy, rtol=1e-5, atol=1e-6)

@@ -119,6 +119,29 @@ def progress_callback(console: Console | None, total_steps_hint: str = ""):
     return StageProgress()
 
 
+def lm_head_on_trained_positions_only() -> bool:
+    """Make TRL's fused LM head score only the positions that carry a label on CPU too.
+
+    TRL (1.x) projects through the 49k-token head only the labelled positions on Triton
+    devices, but every position elsewhere, to keep tile shapes static for compilers such as
+    Neuron's, and then zeroes the prompt positions. Eager CPU has nothing to recompile, so
+    the prompt positions' head, loss and metrics were thrown-away work: same loss to the
+    last printed digit, 1.23x faster cpu-quick steps. Returns whether TRL has the hook (a
+    TRL that moved it trains as before, only slower)."""
+    import trl.trainer.utils as trl_utils
+
+    original = getattr(trl_utils, "_use_triton", None)
+    if original is None:
+        return False
+    if not getattr(original, "emlab_compacts", False):
+        def compact(device) -> bool:
+            return device.type == "cpu" or original(device)
+
+        compact.emlab_compacts = True
+        trl_utils._use_triton = compact
+    return True
+
+
 def build_trainer(cfg: TrainConfig, run_dir: Path, rows: list[dict], callbacks=(), console: Console | None = None):
     """The TRL SFTTrainer for a config (model loaded, adapter attached)."""
     import torch
@@ -132,6 +155,8 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, rows: list[dict], callbacks=(
     from transformers import AutoModelForCausalLM
 
     from emlab.train.packed_attention import NAME as PACKED_SDPA
+
+    lm_head_on_trained_positions_only()
 
     # Padding-free rows attend per sequence (emlab.train.packed_attention), padded ones by SDPA.
     model = AutoModelForCausalLM.from_pretrained(resolve_model(cfg.model), dtype=getattr(torch, cfg.dtype),
