@@ -23,7 +23,9 @@ import argparse
 import random
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
+from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import matmul_peak_gflops  # noqa: E402
@@ -57,18 +59,14 @@ def run(padding_free: bool, rows, steps: int, tmp: Path, attention: str | None =
     cfg = resolve_config("cpu-quick", max_steps=steps, save_steps=10_000, padding_free=padding_free,
                          max_length=2048, logging_steps=1)
     clock = StepClock()
-    compacting = trl_utils._use_triton
-    if trl_head:
-        trl_utils._use_triton = TRL_HEAD_CHOICE
-        emlab_trainer.lm_head_on_trained_positions_only = lambda: False
-    try:
+    with ExitStack() as stack:
+        if trl_head:  # TRL's choice back, and emlab's wrapping of it switched off, for this run
+            stack.enter_context(mock.patch.object(trl_utils, "_use_triton", TRL_HEAD_CHOICE))
+            stack.enter_context(mock.patch.object(emlab_trainer, "lm_head_on_trained_positions_only", lambda: False))
         trainer = build_trainer(cfg, tmp / f"{padding_free}-{attention}-{trl_head}", rows, callbacks=[clock])
         if attention:
             trainer.model.get_base_model().set_attn_implementation(attention)
         trainer.train()
-    finally:
-        trl_utils._use_triton = compacting
-        emlab_trainer.lm_head_on_trained_positions_only = LM_HEAD_COMPACTION
     logs = [h for h in trainer.state.log_history if "num_tokens" in h]
     tokens = [float(h["num_tokens"]) for h in logs]
     # Skip step 1 (allocation warm-up): tokens and time of steps 2..n.
@@ -94,8 +92,6 @@ def labelled_share(rows) -> float:
                                              return_dict=False)) for r in rows)
     return (full - prompt) / full
 
-
-LM_HEAD_COMPACTION = emlab_trainer.lm_head_on_trained_positions_only
 
 
 def main() -> None:
