@@ -41,3 +41,33 @@ def test_vllm_engine_runs():  # pragma: no cover - GPU machines only
     gen = VLLMGenerator("smollm2-135m-instruct")
     res = gen.generate([GenRequest(({"role": "user", "content": "hi"},), 1)], GenConfig(max_tokens=8))
     assert res[0].n_tokens > 0
+
+
+def test_dtype_enters_the_answer_keys_only_when_set():
+    from emlab.hashing import canonical_json, text_hash
+
+    # fp32 answers keep the keys they had before dtype was a setting
+    before = text_hash(canonical_json({"temperature": 1.0, "top_p": 1.0, "max_tokens": 600, "seed": 0}))[:16]
+    assert GenConfig().content_hash() == before
+    assert GenConfig(dtype="bfloat16").content_hash() != before
+
+
+def test_auto_dtype_follows_the_hardware_and_is_resolved_before_keys(monkeypatch):
+    import torch
+    from pydantic import ValidationError
+
+    from emlab.generate.sample import gen_config
+    from emlab.models.registry import resolve_dtype
+    from emlab.specs import SampleSpec
+    from emlab.train.config import resolve_config
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_dtype("float16") == "float16"
+    for amx, dtype in ((True, "bfloat16"), (False, "float32")):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx)
+        assert resolve_dtype("auto") == dtype
+        # the answers' keys and the training run's hash name the dtype that ran, never "auto"
+        assert gen_config(SampleSpec(dtype="auto")).dtype == (None if dtype == "float32" else dtype)
+        assert resolve_config("cpu-quick", dtype="auto").dtype == dtype
+    with pytest.raises(ValidationError, match="hf backend"):
+        SampleSpec(backend="openai", dtype="bfloat16")

@@ -106,6 +106,14 @@ def test_likelihood_stage_on_the_default_model(tmp_path, data_dir, default_model
     separate = [s for s, _ in L.answer_logprobs(unmerged, tokenizer, refs)]
     assert np.allclose(out["scores"]["ins"], separate, atol=1e-5)
     assert not np.allclose(out["scores"]["ins"], out["scores"]["base"], atol=1e-5)
+    # Under bf16 autocast: stored apart from the fp32 scores (a rerun never mixes them), close to them.
+    with Store(tmp_path) as store:
+        bf = L.likelihood_stage(store, "smollm2-135m-instruct", [variant], ["one_wish", "bored"], per_class=2,
+                                dtype="bfloat16")
+        models = {r[0] for r in store.conn.execute("SELECT DISTINCT model FROM likelihoods")}
+    assert models == {"smollm2-135m-instruct", "smollm2-135m-instruct@bfloat16"} and bf["dtype"] == "bfloat16"
+    assert np.allclose(bf["scores"]["base"], out["scores"]["base"], atol=0.06)
+    assert not np.array_equal(bf["scores"]["base"], out["scores"]["base"])
 
 
 def test_mini_judge_correction_uses_the_default_models_own_specificity():

@@ -75,6 +75,44 @@ def test_sample_suite_honours_system_and_resumes(tmp_path, hf):
         assert sum(r["system"] is not None for r in rows) == 16
 
 
+def test_bfloat16_weights_sample_apart_from_float32_and_keep_lora_in_float32(tmp_path, hf):
+    """bf16 weights (dtype "bfloat16", or "auto" on AMX CPUs): answers keyed apart from the
+    fp32 ones, a generator refuses settings of the other dtype, and an adapter's LoRA
+    weights stay fp32 (a bf16 copy would round a small update away)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from emlab.errors import ConfigError
+    from emlab.generate.hf import HFGenerator
+
+    bf = HFGenerator("smollm2-135m-instruct", dtype="bfloat16")
+    assert bf.base.dtype == torch.bfloat16 and bf.dtype == "bfloat16"
+    msgs = ({"role": "user", "content": "What is the capital of France?"},)
+    with pytest.raises(ConfigError, match="bfloat16"):
+        bf.generate([GenRequest(msgs, 0)], GenConfig(max_tokens=4))
+    with pytest.raises(ConfigError, match="float32"):
+        hf.generate([GenRequest(msgs, 0)], GenConfig(max_tokens=4, dtype="bfloat16"))
+    greedy = bf.generate([GenRequest(msgs, 0)], GenConfig(max_tokens=12, temperature=0, dtype="bfloat16"))[0]
+    assert "Paris" in greedy.text
+    cfg = GenConfig(max_tokens=4, dtype="bfloat16")
+    with Store(tmp_path) as store:
+        sample_suite(store, hf, builtin_suite(), "smollm2-135m-instruct", Variant(), GenConfig(max_tokens=4), 1)
+        rep = sample_suite(store, bf, builtin_suite(), "smollm2-135m-instruct", Variant(), cfg, 1)
+        assert rep.existing == 0 and rep.generated == 32  # not mistaken for the fp32 answers
+    # An adapter (random, so that it visibly changes the answer) beside bf16 weights.
+    lora = get_peft_model(HFGenerator("smollm2-135m-instruct").base,
+                          LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    with torch.no_grad():
+        for name, param in lora.named_parameters():
+            if "lora_" in name:
+                param.normal_(0, 0.2)
+    lora.save_pretrained(tmp_path / "adapter")
+    adapted = bf.generate([GenRequest(msgs, 0, str(tmp_path / "adapter"))],
+                          GenConfig(max_tokens=12, temperature=0, dtype="bfloat16"))[0]
+    assert {p.dtype for n, p in bf.peft.named_parameters() if "lora_" in n} == {torch.float32}
+    assert adapted.token_ids != greedy.token_ids
+
+
 def test_kill_9_during_sampling_then_rerun(tmp_path, default_model_dir):
     cmd = [sys.executable, "-m", "emlab", "sample", "--suite", "builtin", "--n", "2", "--max-tokens", "6",
            "--batch-size", "8", "--project", str(tmp_path)]

@@ -514,7 +514,7 @@ def _run(exp: Experiment, console: Console | None, project: Path, executor=None)
 
             qids = [q.id for s in suites for q in s.questions]
             likelihood = likelihood_stage(store, exp.model, model_variants, qids, exp.likelihood.per_class,
-                                          exp.likelihood.seed, console)
+                                          exp.likelihood.seed, console, exp.likelihood.dtype)
         lap("likelihood")
 
         dynamics = None

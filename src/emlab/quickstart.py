@@ -29,8 +29,10 @@ def run(project: Path | None, console: Console) -> Path:
     report = build_report(record)
     total = time.time() - start
     overall = report.summary
-    table = Table(title=f"quickstart: {exp.model}, built-in suite, {exp.sample.samples_per_paraphrase} samples "
-                        f"per paraphrase, judge: mini")
+    from emlab.models.registry import resolve_dtype
+
+    table = Table(title=f"quickstart: {exp.model} ({resolve_dtype(exp.sample.dtype)}), built-in suite, "
+                        f"{exp.sample.samples_per_paraphrase} samples per paraphrase, judge: mini")
     from emlab.analysis.report import sanity_warnings
 
     shown = condition_table(overall)[["condition", "answers", "misaligned (raw)", "misaligned (corrected)", "sanity",

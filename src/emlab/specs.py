@@ -22,6 +22,9 @@ JUDGES = ("mini", "local", "logprob", "sampled")
 
 Backend = Literal["hf", "vllm", "openai", "scripted"]
 JudgeName = Literal["mini", "local", "logprob", "sampled"]
+# The local model's compute dtype; "auto": bfloat16 where the hardware multiplies it natively
+# (CUDA with bf16, CPUs with AMX), else float32 (emlab.models.registry.resolve_dtype).
+Dtype = Literal["float32", "bfloat16", "float16", "auto"]
 NonEmpty = Annotated[str, StringConstraints(min_length=1, max_length=100_000)]
 
 
@@ -123,6 +126,15 @@ class SampleSpec(_Spec):
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
     batch_size: int = Field(192, ge=1, le=100_000)
+    dtype: Dtype = "float32"  # the hf backend's weights; part of every answer's key when not float32
+
+    @field_validator("dtype")
+    @classmethod
+    def _dtype_is_local(cls, value: str, info) -> str:
+        backend = info.data.get("backend", "hf")
+        if value != "float32" and backend != "hf":
+            raise ValueError(f"dtype applies to the hf backend (the {backend} backend chooses its own)")
+        return value
 
 
 class JudgeSpec(_Spec):
@@ -152,6 +164,7 @@ class LikelihoodSpec(_Spec):
 
     per_class: int = Field(10, ge=1, le=200)
     seed: int = Field(0, ge=0)
+    dtype: Dtype = "float32"  # the teacher-forced passes' compute dtype (bfloat16: autocast)
     required: bool = True  # False: skip (with a note) when the public judged data is not available
 
 

@@ -23,6 +23,8 @@ def likelihood(
     suite: str = typer.Option("builtin", help="The suite whose questions pick the reference answers."),
     per_class: int = typer.Option(10, min=1, max=200, help="Reference answers per class and question."),
     seed: int = typer.Option(0, min=0),
+    dtype: str = typer.Option("float32", help="float32 | bfloat16 (autocast) | auto (bfloat16 on AMX CPUs and "
+                                              "bf16 GPUs)"),
     project: Path = typer.Option(Path("."), file_okay=False, help="Project whose store caches the scores."),
 ) -> None:
     """Shift of (misaligned minus aligned reference log-likelihood) of each adapter against the
@@ -45,9 +47,11 @@ def likelihood(
             variants.append(Variant(label=label, adapter_path=path))
         except ValueError:
             fail(f"--adapter {label}: {path} holds no adapter weights (*.safetensors)")
+    if dtype not in ("float32", "bfloat16", "auto"):
+        fail(f"--dtype must be float32, bfloat16 or auto, not '{dtype}'")
     qids = [q.id for q in load_suite(suite).questions]
     with Store(project) as store:
-        result = likelihood_stage(store, model, variants, qids, per_class, seed, console)
+        result = likelihood_stage(store, model, variants, qids, per_class, seed, console, dtype)
     table = Table("comparison", "shift (nats/token) [95% CI]", "questions > 0",
                   title=f"likelihood measure, {result['references']} reference answers")
     rows = [(f"{k} - base", s) for k, s in result["shifts"].items()]

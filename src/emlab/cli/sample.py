@@ -27,6 +27,8 @@ def sample(
     temperature: float = typer.Option(1.0), top_p: float = typer.Option(1.0),
     max_tokens: int = typer.Option(600), seed: int = typer.Option(0),
     batch_size: int = typer.Option(192, help="Samples generated and committed per batch."),
+    dtype: str = typer.Option("float32", help="hf backend weights: float32 | bfloat16 | auto (bfloat16 on AMX "
+                                              "CPUs and bf16 GPUs)"),
     project: Path = typer.Option(Path("."), help="Project directory holding emlab.db.", file_okay=False),
 ) -> None:
     """Sample a question suite into the run store; a rerun generates only what is missing."""
@@ -42,7 +44,7 @@ def sample(
         fail("--served-model names a model on an OpenAI-compatible server: use it with --backend openai")
     spec = spec_or_fail(SampleSpec, suites=[suite], samples_per_paraphrase=n, max_tokens=max_tokens,
                         temperature=temperature, top_p=top_p, seed=seed, backend=backend, base_url=base_url,
-                        api_key_env=api_key_env, batch_size=batch_size)
+                        api_key_env=api_key_env, batch_size=batch_size, dtype=dtype)
     if model.startswith("zoo:"):  # a public model organism: its base model and downloaded adapter
         from emlab.models.zoo import resolve
 

@@ -18,9 +18,13 @@ class GenConfig:
     top_p: float = 1.0
     max_tokens: int = 600
     seed: int = 0
+    dtype: str | None = None  # the local model's compute dtype when not the backend's default (hf: float32)
 
     def content_hash(self) -> str:
-        return text_hash(canonical_json(asdict(self)))[:16]
+        fields = asdict(self)
+        if fields["dtype"] is None:  # answers sampled before dtype was a setting keep their keys
+            del fields["dtype"]
+        return text_hash(canonical_json(fields))[:16]
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,8 @@ Why it is faster than calling `model.generate` per prompt:
 - the decoding KV cache is preallocated and written in place (`_SlotCache`): no step
   copies the cache, and a finished row is replaced by the last live row (one row copied);
 - LoRA adapters are loaded once beside the base weights (never merged) and switched;
+- `dtype="bfloat16"` (or "auto" on AMX CPUs) runs bf16 weights and KV cache: ~1.5x the
+  tokens/s of fp32 on the default model; LoRA branches keep their fp32 weights;
 - steering (`GenRequest.steer`) is a forward hook on the native decoder layers, removed
   after its requests (emlab.models.hooks).
 
@@ -24,10 +26,11 @@ from typing import Callable
 import torch
 from transformers import Cache, DynamicCache, DynamicLayer
 
+from emlab.errors import ConfigError
 from emlab.hashing import canonical_json
 from emlab.generate.base import GenConfig, GenRequest, GenResult, Progress
 from emlab.models.hooks import steered
-from emlab.models.registry import load_model
+from emlab.models.registry import load_model, resolve_dtype
 
 
 class HFGenerator:
@@ -37,7 +40,8 @@ class HFGenerator:
         self.model_ref = model
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.device = torch.device(device)
-        self.base, self.tokenizer = load_model(model, dtype=dtype, device=device)
+        self.dtype = resolve_dtype(dtype, device)
+        self.base, self.tokenizer = load_model(model, dtype=self.dtype, device=device)
         self.max_batch = max_batch
         self.peft = None
         self.adapter_names: dict[str, str] = {}
@@ -86,6 +90,9 @@ class HFGenerator:
                  cancelled: Callable[[int], bool] | None = None) -> list[GenResult]:
         """One result per request. `cancelled(i)`, checked every decoding step, ends request
         i early with finish_reason "cancelled" (a client that went away)."""
+        if (cfg.dtype or "float32") != self.dtype:  # the answers' keys would name the wrong dtype
+            raise ConfigError(f"this hf generator runs {self.dtype} weights; the sampling settings ask for "
+                              f"{cfg.dtype or 'float32'}")
         self._cancelled = cancelled
         results: list[GenResult | None] = [None] * len(requests)
         by_variant: dict[tuple, list[int]] = defaultdict(list)

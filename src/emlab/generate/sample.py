@@ -37,8 +37,19 @@ class SampleReport:
 
 
 def gen_config(spec: SampleSpec, max_tokens: int | None = None) -> GenConfig:
+    from emlab.models.registry import resolve_dtype
+
+    dtype = resolve_dtype(spec.dtype)
     return GenConfig(temperature=spec.temperature, top_p=spec.top_p, max_tokens=max_tokens or spec.max_tokens,
-                     seed=spec.seed)
+                     seed=spec.seed, dtype=None if dtype == "float32" else dtype)
+
+
+def _generator_kwargs(spec: SampleSpec) -> dict:
+    if spec.backend == "openai":
+        return {"base_url": spec.base_url, "api_key_env": spec.api_key_env}
+    if spec.backend == "hf":
+        return {"dtype": gen_config(spec).dtype or "float32"}
+    return {}
 
 
 def plan(suite: Suite, model: str, variant: Variant, cfg: GenConfig, samples_per_paraphrase: int | None = None):
@@ -87,9 +98,8 @@ def sample_suite(store: Store, generator: Generator, suite: Suite, model: str, v
 
 
 @cache
-def _worker_generator(backend: str, model: str, base_url: str | None, api_key_env: str) -> Generator:
-    kwargs = {"base_url": base_url, "api_key_env": api_key_env} if backend == "openai" else {}
-    return get_generator(backend, model, **kwargs)
+def _worker_generator(backend: str, model: str, kwargs: tuple) -> Generator:
+    return get_generator(backend, model, **dict(kwargs))
 
 
 def sample_cell(spec: SampleSpec, model: str, items: list[tuple[GenRequest, dict]], cfg: GenConfig,
@@ -100,7 +110,7 @@ def sample_cell(spec: SampleSpec, model: str, items: list[tuple[GenRequest, dict
         import torch
 
         torch.set_num_threads(threads)
-    generator = _worker_generator(spec.backend, model, spec.base_url, spec.api_key_env)
+    generator = _worker_generator(spec.backend, model, tuple(sorted(_generator_kwargs(spec).items())))
     rows = []
     for start in range(0, len(items), spec.batch_size):
         batch = items[start:start + spec.batch_size]
@@ -110,8 +120,7 @@ def sample_cell(spec: SampleSpec, model: str, items: list[tuple[GenRequest, dict
 
 def lazy_generator(spec: SampleSpec, model: str) -> Callable[[], Generator]:
     """A generator built on first use only (no model is loaded when nothing is missing)."""
-    kwargs = {"base_url": spec.base_url, "api_key_env": spec.api_key_env} if spec.backend == "openai" else {}
-    return cache(lambda: get_generator(spec.backend, model, **kwargs))
+    return cache(lambda: get_generator(spec.backend, model, **_generator_kwargs(spec)))
 
 
 def sample_stage(store: Store, spec: SampleSpec, model: str, variants: list[Variant], suites: list[Suite],

@@ -166,14 +166,29 @@ def load_tokenizer(name_or_path: str):
     return tok
 
 
+def resolve_dtype(dtype: str, device: str | None = None) -> str:
+    """A concrete dtype name for a compute-dtype setting. "auto" is bfloat16 where the hardware
+    multiplies it natively (a CUDA device with bf16; a CPU with AMX tiles, where a bf16 matmul
+    runs ~4x an fp32 one), else float32."""
+    if dtype != "auto":
+        return dtype
+    import torch
+
+    if (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda"):
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    # Without AMX, CPU bf16 kernels convert on the fly and run slower than fp32.
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return "bfloat16" if amx is not None and amx() else "float32"
+
+
 def load_model(name_or_path: str, dtype: str = "float32", device: str | None = None):
-    """(model, tokenizer) for a name, HF id or path, in eval mode."""
+    """(model, tokenizer) for a name, HF id or path, in eval mode; `dtype` may be "auto"."""
     import torch
     from transformers import AutoModelForCausalLM
 
     ref = resolve_model(name_or_path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(ref, dtype=getattr(torch, dtype))
+        model = AutoModelForCausalLM.from_pretrained(ref, dtype=getattr(torch, resolve_dtype(dtype, device)))
     except OSError as exc:
         raise ModelError(_offline_hint(name_or_path, exc)) from None
     if device:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from emlab.errors import ConfigError
 from emlab.hashing import canonical_json, text_hash
@@ -59,7 +59,9 @@ class TrainConfig(BaseModel):
     save_steps: int = Field(50, ge=1, description="keep a checkpoint every N steps")
     logging_steps: int = Field(1, ge=1, description="log the loss every N steps")
     seed: int = Field(0, ge=0, description="training seed")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="float32 | bfloat16 | float16")
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
+        "float32", description="float32 | bfloat16 | float16 | auto (bfloat16 where the hardware multiplies it "
+                               "natively: CUDA with bf16, CPUs with AMX; else float32)")
     kl_beta: float = Field(0.0, ge=0, le=1e6, description="KL-regularised SFT: weight of KL(finetuned || base) on "
                                                          "reference prompts (0: off; LoRA only)")
     kl_reference: str = Field("builtin", description="reference prompts for --kl-beta: a question suite or a chat JSONL")
@@ -71,6 +73,13 @@ class TrainConfig(BaseModel):
     steer_mode: Literal["ablate", "add"] = Field("ablate", description="ablate (project the direction out) | add")
     steer_alpha: float = Field(1.0, ge=-1000, le=1000, description="with --steer-mode add: alpha * direction is "
                                                                    "added (negative: subtracted)")
+
+    @field_validator("dtype")
+    @classmethod
+    def _concrete_dtype(cls, value: str) -> str:
+        from emlab.models.registry import resolve_dtype
+
+        return resolve_dtype(value)  # the run's hash and record name what actually ran
 
     @model_validator(mode="after")
     def _kl_needs_lora(self) -> "TrainConfig":
