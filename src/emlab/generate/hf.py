@@ -7,8 +7,9 @@ Why it is faster than calling `model.generate` per prompt:
 - the decoding KV cache is preallocated and written in place (`_SlotCache`): no step
   copies the cache, and a finished row is replaced by the last live row (one row copied);
 - LoRA adapters are loaded once beside the base weights (never merged) and switched;
-- `dtype="bfloat16"` (or "auto" on AMX CPUs) runs bf16 weights and KV cache: ~1.5x the
-  tokens/s of fp32 on the default model; LoRA branches keep their fp32 weights;
+- `dtype="bfloat16"` (or "auto" on AMX CPUs) runs bf16 weights and KV cache: 1.49x the
+  tokens/s of fp32 on the default model (benchmarks/sampling_throughput.py; 1.24x back to back
+  in a slow hour's quickstart); LoRA branches keep their fp32 weights;
 - steering (`GenRequest.steer`) is a forward hook on the native decoder layers, removed
   after its requests (emlab.models.hooks).
 
