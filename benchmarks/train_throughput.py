@@ -93,7 +93,6 @@ def labelled_share(rows) -> float:
     return (full - prompt) / full
 
 
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=16)

@@ -23,6 +23,7 @@ from emlab import progress
 from emlab.data.questions import Suite
 from emlab.errors import ConfigError
 from emlab.generate.base import GenConfig, GenRequest, Generator, get_generator, sample_seed
+from emlab.models.registry import resolve_dtype
 from emlab.provenance import scrub_url
 from emlab.specs import SampleSpec, Variant
 from emlab.store import SampleKey, Store
@@ -37,8 +38,6 @@ class SampleReport:
 
 
 def gen_config(spec: SampleSpec, max_tokens: int | None = None) -> GenConfig:
-    from emlab.models.registry import resolve_dtype
-
     dtype = resolve_dtype(spec.dtype)
     return GenConfig(temperature=spec.temperature, top_p=spec.top_p, max_tokens=max_tokens or spec.max_tokens,
                      seed=spec.seed, dtype=None if dtype == "float32" else dtype)
@@ -48,7 +47,7 @@ def _generator_kwargs(spec: SampleSpec) -> dict:
     if spec.backend == "openai":
         return {"base_url": spec.base_url, "api_key_env": spec.api_key_env}
     if spec.backend == "hf":
-        return {"dtype": gen_config(spec).dtype or "float32"}
+        return {"dtype": resolve_dtype(spec.dtype)}
     return {}
 
 
