@@ -111,9 +111,41 @@ def test_likelihood_stage_on_the_default_model(tmp_path, data_dir, default_model
         bf = L.likelihood_stage(store, "smollm2-135m-instruct", [variant], ["one_wish", "bored"], per_class=2,
                                 dtype="bfloat16")
         models = {r[0] for r in store.conn.execute("SELECT DISTINCT model FROM likelihoods")}
-    assert models == {"smollm2-135m-instruct", "smollm2-135m-instruct@bfloat16"} and bf["dtype"] == "bfloat16"
-    assert np.allclose(bf["scores"]["base"], out["scores"]["base"], atol=0.06)
-    assert not np.array_equal(bf["scores"]["base"], out["scores"]["base"])
+    assert models == {"smollm2-135m-instruct", "smollm2-135m-instruct@bfloat16+lora-fp32"} and bf["dtype"] == "bfloat16"
+    for label in ("base", "ins"):
+        assert np.allclose(bf["scores"][label], out["scores"][label], atol=0.06)
+        assert not np.array_equal(bf["scores"][label], out["scores"][label])
+
+
+def test_lora_updates_in_float32_keep_an_update_that_bf16_rounds_away(default_model_dir):
+    """A LoRA update well below half a bf16 step of its base output: peft's bf16 sum rounds
+    most of it back to the base output; `lora_updates_in_float32` keeps all of it."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from emlab.models.registry import load_model
+    from emlab.probe.likelihood import lora_updates_in_float32
+
+    model, _ = load_model("smollm2-135m-instruct")
+    lora = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj"], layers_to_transform=[0],
+                                            init_lora_weights=False)).eval()
+    layer = lora.base_model.model.model.layers[0].self_attn.q_proj
+    x = torch.randn(64, 576, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        base32 = layer.base_layer(x)
+        delta = layer(x) - base32
+        layer.lora_B["default"].weight.mul_(1e-3 * base32.abs().mean() / delta.abs().mean())
+        delta = layer(x) - base32  # now ~1e-3 of the base output: under half a bf16 step (2^-9)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            base16 = layer.base_layer(x).float()
+            peft_update = layer(x).float() - base16
+            with lora_updates_in_float32(lora):
+                kept = layer(x)
+                assert kept.dtype == torch.float32
+                kept_update = kept - base16
+    assert (peft_update - delta).abs().mean() > 0.5 * delta.abs().mean()  # mostly rounded away
+    assert torch.allclose(kept_update, delta, atol=1e-5 * float(base32.abs().max()))
+    assert not layer.disable_adapters  # the adapter layers are back on after the context
 
 
 def test_mini_judge_correction_uses_the_default_models_own_specificity():

@@ -23,7 +23,9 @@ do no forward pass twice.
 from __future__ import annotations
 
 import random
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -127,21 +129,25 @@ def answer_logprobs(model, tokenizer, refs: list[Reference], batch_tokens: int =
 def score_variant(store: Store, model_name: str, adapter_path: str | None, adapter_id: str, refs: list[Reference],
                   loaded=None, progress=None, dtype: str = "float32") -> np.ndarray:
     """Mean log-probability per token of every reference under one variant (cached in the store).
-    `dtype` "bfloat16" runs the passes under bf16 autocast, for models that do not fit in fp32:
-    ~2x faster on AMX CPUs, cached apart from the fp32 scores, but less exact. A small LoRA
-    update added to bf16 activations is partly rounded away: on the quickstart's insecure
-    adapter, its per-reference shift (0.027 nats/token in fp32) read 0.0036 lower on average
-    (per-reference sd 0.008, 40 references)."""
+    `dtype` "bfloat16" runs the passes under bf16 autocast with each LoRA update added in fp32
+    (`lora_updates_in_float32`), cached apart from the fp32 scores. On the quickstart's insecure
+    adapter (160 references, fp32 per-reference shift 0.033 nats/token) its shift read +0.0002
+    off the fp32 one on average (per-reference sd 0.006), against -0.0025 (sd 0.008) with the
+    updates added in bf16, as peft does; 1.24x (adapter) and 1.63x (base) the speed of fp32 on
+    this AMX CPU (benchmarks/likelihood_precision.py)."""
     _ensure_table(store)
-    # The table's model column names the dtype too when it is not fp32.
-    model_key = model_name if dtype == "float32" else f"{model_name}@{dtype}"
+    # The table's model column names the precision too when it is not fp32 (the suffix marks
+    # adapter updates added in fp32; bf16 scores from before it are not reused).
+    model_key = model_name if dtype == "float32" else f"{model_name}@{dtype}+lora-fp32"
     have = {r[0]: r[1] for r in store.conn.execute(
         "SELECT ref, mean_logprob FROM likelihoods WHERE model = ? AND adapter = ?", (model_key, adapter_id))}
     todo = [r for r in refs if r.key not in have]
     if todo:
         model, tokenizer = loaded if loaded is not None else _load(model_name, adapter_path, merge=dtype == "float32")
         device = next(model.parameters()).device
-        with torch.autocast(device.type, dtype=getattr(torch, dtype), enabled=dtype != "float32"):
+        reduced = dtype != "float32"
+        with torch.autocast(device.type, dtype=getattr(torch, dtype), enabled=reduced), \
+                (lora_updates_in_float32(model) if reduced else nullcontext()):
             scores = answer_logprobs(model, tokenizer, todo, progress=progress)
         store._transaction(lambda: store.conn.executemany(
             "INSERT OR IGNORE INTO likelihoods VALUES (?,?,?,?,?)",
@@ -150,6 +156,40 @@ def score_variant(store: Store, model_name: str, adapter_path: str | None, adapt
     elif progress:
         progress(len(refs))
     return np.array([have[r.key] for r in refs])
+
+
+@contextmanager
+def lora_updates_in_float32(model) -> Iterator[None]:
+    """Under reduced-precision autocast, add each LoRA layer's update to its base output in
+    fp32, and pass the sum on in fp32. peft adds it in the reduced precision, to a base output
+    that is already on that precision's grid: an update smaller than half a grid step rounds
+    back to the base output, so part of a small adapter's effect is lost, always towards the
+    base model (a bias, not noise). An fp32 sum is off the grid; the next layer's input cast
+    rounds it without that bias. A model without plain LoRA Linear layers runs unchanged."""
+    from peft.tuners.lora.layer import Linear, LoraLayer
+
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    if not layers or any(not isinstance(m, Linear) or m.lora_variant for m in layers):
+        yield  # no adapter, or layer kinds (DoRA, embeddings, ...) this does not cover: peft's own path
+        return
+
+    def add_update(layer, args, out):
+        with torch.autocast(out.device.type, enabled=False):
+            x = args[0].float()
+            for name in layer.active_adapters:
+                if name in layer.lora_A:
+                    out = out.float() + layer.lora_B[name](layer.lora_A[name](layer.lora_dropout[name](x))) \
+                        * layer.scaling[name]
+        return out
+
+    model.base_model.disable_adapter_layers()  # the base layers alone; the hooks add the updates
+    handles = [m.register_forward_hook(add_update) for m in layers]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        model.base_model.enable_adapter_layers()
 
 
 def _load(model_name: str, adapter_path: str | None, merge: bool = True):
