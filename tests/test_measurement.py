@@ -146,6 +146,13 @@ def test_lora_updates_in_float32_keep_an_update_that_bf16_rounds_away(default_mo
     assert (peft_update - delta).abs().mean() > 0.5 * delta.abs().mean()  # mostly rounded away
     assert torch.allclose(kept_update, delta, atol=1e-5 * float(base32.abs().max()))
     assert not layer.disable_adapters  # the adapter layers are back on after the context
+    from emlab.errors import ConfigError
+
+    dora = get_peft_model(load_model("smollm2-135m-instruct")[0],
+                          LoraConfig(r=2, target_modules=["q_proj"], layers_to_transform=[0], use_dora=True))
+    with pytest.raises(ConfigError, match="dtype float32"):  # not run with a bias it cannot remove
+        with lora_updates_in_float32(dora):
+            pass
 
 
 def test_mini_judge_correction_uses_the_default_models_own_specificity():

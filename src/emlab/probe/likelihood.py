@@ -30,7 +30,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from emlab.errors import EmlabError
+from emlab.errors import ConfigError, EmlabError
 from emlab.hashing import canonical_json, text_hash
 from emlab.probe.activations import token_batches
 from emlab.store import Store
@@ -165,13 +165,17 @@ def lora_updates_in_float32(model) -> Iterator[None]:
     that is already on that precision's grid: an update smaller than half a grid step rounds
     back to the base output, so part of a small adapter's effect is lost, always towards the
     base model (a bias, not noise). An fp32 sum is off the grid; the next layer's input cast
-    rounds it without that bias. A model without plain LoRA Linear layers runs unchanged."""
+    rounds it without that bias. A model without LoRA layers runs unchanged; LoRA layers other
+    than plain Linear ones (DoRA, embeddings, ...) are refused rather than run biased."""
     from peft.tuners.lora.layer import Linear, LoraLayer
 
     layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
-    if not layers or any(not isinstance(m, Linear) or m.lora_variant for m in layers):
-        yield  # no adapter, or layer kinds (DoRA, embeddings, ...) this does not cover: peft's own path
+    if not layers:
+        yield
         return
+    if any(not isinstance(m, Linear) or m.lora_variant for m in layers):
+        raise ConfigError("reduced-precision likelihood scoring covers plain LoRA Linear layers only; "
+                          "score this adapter with dtype float32")
 
     def add_update(layer, args, out):
         with torch.autocast(out.device.type, enabled=False):
