@@ -164,7 +164,7 @@ class LikelihoodSpec(_Spec):
 
     per_class: int = Field(10, ge=1, le=200)
     seed: int = Field(0, ge=0)
-    dtype: Dtype = "float32"  # the teacher-forced passes' compute dtype (bfloat16: autocast)
+    dtype: Dtype = "float32"  # the teacher-forced passes' compute dtype (bfloat16: autocast, LoRA updates in fp32)
     required: bool = True  # False: skip (with a note) when the public judged data is not available
 
 

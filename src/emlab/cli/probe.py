@@ -23,8 +23,8 @@ def likelihood(
     suite: str = typer.Option("builtin", help="The suite whose questions pick the reference answers."),
     per_class: int = typer.Option(10, min=1, max=200, help="Reference answers per class and question."),
     seed: int = typer.Option(0, min=0),
-    dtype: str = typer.Option("float32", help="float32 | bfloat16 (autocast) | auto (bfloat16 on AMX CPUs and "
-                                              "bf16 GPUs)"),
+    dtype: str = typer.Option("float32", help="float32 | bfloat16 (autocast, LoRA updates added in fp32) | auto "
+                                              "(bfloat16 on AMX CPUs and bf16 GPUs)"),
     project: Path = typer.Option(Path("."), file_okay=False, help="Project whose store caches the scores."),
 ) -> None:
     """Shift of (misaligned minus aligned reference log-likelihood) of each adapter against the
