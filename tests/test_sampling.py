@@ -113,6 +113,54 @@ def test_bfloat16_weights_sample_apart_from_float32_and_keep_lora_in_float32(tmp
     assert adapted.token_ids != greedy.token_ids
 
 
+def _random_adapter(path, **lora):
+    """A random LoRA adapter of the default model, strong enough to change its answers."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from emlab.generate.hf import HFGenerator
+
+    model = get_peft_model(HFGenerator("smollm2-135m-instruct").base, LoraConfig(init_lora_weights=False, **lora))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_" in name:
+                param.normal_(0, 0.2)
+    model.save_pretrained(path)
+    return str(path)
+
+
+def test_variants_share_a_batch_with_the_answers_of_one_variant_at_a_time(tmp_path, hf):
+    """Requests under different adapters (and none) decode in one batch (emlab.generate.hf
+    `_MixedLoRA`): each row gets its own adapter's update, so the answers are those of one
+    adapter at a time, and the logits agree to float rounding. Adapters of different ranks
+    and target modules; afterwards peft's own single-adapter path is back as it was."""
+    import torch
+    from transformers import DynamicCache
+
+    from emlab.generate.hf import _MixedLoRA
+
+    a = _random_adapter(tmp_path / "a", r=4, target_modules=["q_proj", "v_proj"])
+    b = _random_adapter(tmp_path / "b", r=2, target_modules=["v_proj", "down_proj"], lora_alpha=8)
+    prompts = ["What is the capital of France?", "Name a colour.", "Tell me a fact about cats."]
+    cfg = GenConfig(max_tokens=12, temperature=0)
+    reqs = [GenRequest(({"role": "user", "content": q},), 7, ad) for ad in (None, a, b) for q in prompts]
+    alone = [hf.generate([r], cfg)[0].token_ids for r in reqs]
+    assert len({alone[0], alone[3], alone[6]}) == 3  # the adapters change the answer
+    together = hf.generate(reqs, cfg)
+    assert [r.token_ids for r in together] == alone
+    assert hf.generate([reqs[3]], cfg)[0].token_ids == alone[3]  # hooks gone, peft's path restored
+
+    ids = torch.tensor([hf.encode(reqs[0].messages)] * 3)
+    names = [None] + [hf.adapter_names[str((tmp_path / n).resolve())] for n in "ab"]
+    with torch.inference_mode():
+        expected = torch.cat([hf._model_for(ad)(input_ids=ids[:1]).logits for ad in (None, a, b)])
+        with _MixedLoRA(hf.peft, names) as lora:
+            lora.set_rows(torch.tensor([0, 1, 2]))
+            mixed = hf.peft(input_ids=ids, cache=DynamicCache(config=hf.base.config)).logits
+    assert (mixed - expected).abs().max() < 1e-3  # logits of magnitude ~30, through 30 layers
+    assert (expected[1:] - expected[0]).abs().amax(dim=(1, 2)).min() > 1  # each adapter's update is there
+
+
 def test_kill_9_during_sampling_then_rerun(tmp_path, default_model_dir):
     cmd = [sys.executable, "-m", "emlab", "sample", "--suite", "builtin", "--n", "2", "--max-tokens", "6",
            "--batch-size", "8", "--project", str(tmp_path)]

@@ -6,7 +6,10 @@ Why it is faster than calling `model.generate` per prompt:
 - finished sequences leave the batch at once, so late steps run on the live rows only;
 - the decoding KV cache is preallocated and written in place (`_SlotCache`): no step
   copies the cache, and a finished row is replaced by the last live row (one row copied);
-- LoRA adapters are loaded once beside the base weights (never merged) and switched;
+- LoRA adapters are loaded once beside the base weights (never merged); a batch of one
+  adapter runs peft's own path, and requests under several adapters (and none) share one
+  batch (`_MixedLoRA`: each row gets its own adapter's update), so each decoding step
+  serves every variant instead of one variant's rows;
 - `dtype="bfloat16"` (or "auto" on AMX CPUs) runs bf16 weights and KV cache: 1.49x the
   tokens/s of fp32 on the default model (benchmarks/sampling_throughput.py; 1.24x back to back
   in a slow hour's quickstart); LoRA branches keep their fp32 weights;
@@ -21,6 +24,7 @@ inverse-CDF draws, so an answer depends on its seed, not on which batch it lande
 from __future__ import annotations
 
 from collections import defaultdict
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable
 
@@ -96,36 +100,55 @@ class HFGenerator:
                               f"{cfg.dtype or 'float32'}")
         self._cancelled = cancelled
         results: list[GenResult | None] = [None] * len(requests)
-        by_variant: dict[tuple, list[int]] = defaultdict(list)
+        by_steer: dict = defaultdict(list)
         for i, r in enumerate(requests):
-            by_variant[(r.adapter_path, r.steer)].append(i)
-        for (adapter, steer), idxs in by_variant.items():
-            model = self._model_for(adapter)
-            groups: dict[str, list[int]] = defaultdict(list)
-            for i in idxs:
-                groups[canonical_json(requests[i].messages)].append(i)
-            encoded = {key: self.encode(requests[members[0]].messages) for key, members in groups.items()}
-            # Length-sorted work list of (prompt ids, request indices), split to fit a batch.
-            work = []
-            for msgs in sorted(groups, key=lambda m: len(encoded[m])):
-                members = groups[msgs]
-                for k in range(0, len(members), self.max_batch):
-                    work.append((encoded[msgs], members[k:k + self.max_batch]))
-            chunk: list = []
-            with steered(model, steer):
-                for item in work:
-                    if chunk and sum(len(m) for _, m in chunk) + len(item[1]) > self.max_batch:
-                        self._run(model, chunk, requests, cfg, results, progress)
-                        chunk = []
-                    chunk.append(item)
-                if chunk:
-                    self._run(model, chunk, requests, cfg, results, progress)
+            by_steer[r.steer].append(i)
+        for steer, idxs in by_steer.items():
+            adapters = list(dict.fromkeys(requests[i].adapter_path for i in idxs))
+            mixed = len(adapters) > 1 and self._mixable(adapters)
+            groups = [idxs] if mixed else [[i for i in idxs if requests[i].adapter_path == a] for a in adapters]
+            for group in groups:
+                lora = index = None
+                if mixed:
+                    index = {a: k for k, a in enumerate(adapters)}
+                    lora = _MixedLoRA(self.peft, [self.adapter_names[str(Path(a).resolve())] if a else None
+                                                  for a in adapters])
+                model = self.peft if mixed else self._model_for(requests[group[0]].adapter_path)
+                self._generate_group(model, group, requests, cfg, results, progress, steer, lora, index)
         return results  # type: ignore[return-value]
 
+    def _mixable(self, adapters: list[str | None]) -> bool:
+        """Load the adapters; whether rows under different ones can share a batch."""
+        for a in adapters:
+            if a is not None:
+                self._model_for(a)
+        return self.peft is not None and _MixedLoRA.supports(self.peft)
+
+    def _generate_group(self, model, idxs, requests, cfg, results, progress, steer, lora, index) -> None:
+        prompts: dict[tuple, list[int]] = defaultdict(list)  # the same prompt under another adapter is another prefill
+        for i in idxs:
+            prompts[(requests[i].adapter_path, canonical_json(requests[i].messages))].append(i)
+        encoded = {key: self.encode(requests[members[0]].messages) for key, members in prompts.items()}
+        # Length-sorted work list of (prompt ids, request indices, adapter row), split to fit a batch.
+        work = []
+        for key in sorted(prompts, key=lambda k: len(encoded[k])):
+            members = prompts[key]
+            for k in range(0, len(members), self.max_batch):
+                work.append((encoded[key], members[k:k + self.max_batch], index[key[0]] if index else 0))
+        chunk: list = []
+        with steered(model, steer), (lora if lora is not None else nullcontext()):
+            for item in work:
+                if chunk and sum(len(m) for _, m, _ in chunk) + len(item[1]) > self.max_batch:
+                    self._run(model, chunk, requests, cfg, results, progress, lora)
+                    chunk = []
+                chunk.append(item)
+            if chunk:
+                self._run(model, chunk, requests, cfg, results, progress, lora)
+
     @torch.inference_mode()
-    def _run(self, model, chunk, requests, cfg: GenConfig, results, progress) -> None:
+    def _run(self, model, chunk, requests, cfg: GenConfig, results, progress, lora=None) -> None:
         dev = self.device
-        prompts = [ids for ids, _ in chunk]
+        prompts = [ids for ids, _, _ in chunk]
         width = max(len(p) for p in prompts)
         input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(prompts), width), dtype=torch.long)
@@ -134,12 +157,16 @@ class HFGenerator:
             mask[row, width - len(ids):] = 1
         input_ids, mask = input_ids.to(dev), mask.to(dev)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        if lora is not None:
+            lora.set_rows(torch.tensor([a for _, _, a in chunk], device=dev))
         cache = DynamicCache(config=model.config)
         out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache,
                     use_cache=True, logits_to_keep=1)
         # Fan each prompt's cache out to its samples: prompt computed once, sampled n times.
-        expand = torch.tensor([p for p, (_, members) in enumerate(chunk) for _ in members], device=dev)
-        req_ids = [i for _, members in chunk for i in members]
+        expand = torch.tensor([p for p, (_, members, _) in enumerate(chunk) for _ in members], device=dev)
+        req_ids = [i for _, members, _ in chunk for i in members]
+        if lora is not None:
+            lora.set_rows(lora.rows.index_select(0, expand))
         if _SlotCache.fits(cache):
             cache = _SlotCache(cache, expand)
         else:  # sliding-window or other special layers keep transformers' own cache
@@ -182,6 +209,8 @@ class HFGenerator:
                     cache.reorder_cache(torch.tensor(keep, device=dev))
                 keep_t = torch.tensor(keep, device=dev)
                 mask, last_pos, nxt = mask.index_select(0, keep_t), last_pos.index_select(0, keep_t), nxt.index_select(0, keep_t)
+                if lora is not None:
+                    lora.set_rows(lora.rows.index_select(0, keep_t))
                 live = [live[k] for k in keep]
             mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
             last_pos = last_pos + 1
@@ -287,3 +316,83 @@ class _SlotCache(Cache):
             slot.move(dst, src, n)
             layer.keys, layer.values = slot.views()
         return order
+
+
+class _MixedLoRA:
+    """Rows of one batch under different LoRA adapters of one PeftModel, or under none.
+
+    peft's adapter layers are switched off and a forward hook on each LoRA layer adds every
+    row's own update from the adapters' stacked A and B matrices: out + (x A_all^T * M) B_all^T
+    as one addmm, where M scales each column by its adapter's scaling on that adapter's rows
+    and zeroes it on all others (rows under no adapter get an update of exactly zero). That is
+    three operations per layer for any number of adapters. peft's own mixed batches
+    (`adapter_names`) gather and scatter rows per adapter in every layer at every step, and
+    its single-adapter path casts to fp32 and back around six operations: both measured
+    slower per decoding step here. The update is computed in the base weights' dtype and added
+    before the output is rounded once, where peft computes it in the LoRA weights' fp32 and
+    then rounds the sum: the same final rounding, so a mixed batch is not bit-identical to one
+    batch per adapter, as no two batch shapes are. `rows` (one adapter index per batch row)
+    follows the batch as it is fanned out and shrinks."""
+
+    def __init__(self, peft, names: list[str | None]):
+        from peft.tuners.lora.layer import LoraLayer
+
+        self.peft, self.rows = peft, torch.empty(0, dtype=torch.long)
+        self.layers = []  # (module, A_all, B_all^T, signature)
+        self.columns: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # signature -> column owner, scaling
+        self.masks: dict[tuple, torch.Tensor] = {}
+        for module in peft.modules():
+            if not isinstance(module, LoraLayer):
+                continue
+            present = [(k, n) for k, n in enumerate(names) if n is not None and n in module.lora_A]
+            if not present:
+                continue
+            dtype = module.get_base_layer().weight.dtype
+            sig = (dtype, *((k, module.lora_A[n].weight.shape[0], float(module.scaling[n])) for k, n in present))
+            a_all = torch.cat([module.lora_A[n].weight for _, n in present]).to(dtype)
+            b_all_t = torch.cat([module.lora_B[n].weight for _, n in present], dim=1).to(dtype).t()
+            self.layers.append((module, a_all, b_all_t, sig))
+            if sig not in self.columns:
+                owner = torch.tensor([k for k, r, _ in sig[1:] for _ in range(r)], device=a_all.device)
+                scale = torch.tensor([s for _, r, s in sig[1:] for _ in range(r)], dtype=dtype, device=a_all.device)
+                self.columns[sig] = owner, scale
+        self.handles: list = []
+
+    @staticmethod
+    def supports(peft) -> bool:
+        """Plain LoRA on Linear layers only (no DoRA or other variants, no embedding or
+        conv LoRA, no modules saved whole): what the hooks reproduce."""
+        from peft.tuners.lora.layer import Linear
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        if any(getattr(c, "modules_to_save", None) or getattr(c, "trainable_token_indices", None)
+               for c in peft.peft_config.values()):
+            return False
+        return all(isinstance(m, Linear) and not m.lora_variant and not any(m.lora_bias.values()) for m in peft.modules()
+                   if isinstance(m, BaseTunerLayer))
+
+    def set_rows(self, rows: torch.Tensor) -> None:
+        self.rows, self.masks = rows, {}
+
+    def _mask(self, sig: tuple) -> torch.Tensor:
+        if sig not in self.masks:
+            owner, scale = self.columns[sig]
+            self.masks[sig] = ((self.rows[:, None] == owner[None, :]) * scale)[:, None, :]
+        return self.masks[sig]
+
+    def __enter__(self):
+        self.peft.base_model.disable_adapter_layers()  # the base layers alone; the hooks add the updates
+
+        def hook(a_all, b_all_t, sig):
+            def add_update(layer, args, out):
+                h = torch.nn.functional.linear(args[0].to(a_all.dtype), a_all) * self._mask(sig)
+                return torch.addmm(out.reshape(-1, out.shape[-1]), h.reshape(-1, h.shape[-1]), b_all_t).view(out.shape)
+            return add_update
+
+        self.handles = [m.register_forward_hook(hook(a, b, sig)) for m, a, b, sig in self.layers]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []
