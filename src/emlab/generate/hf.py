@@ -34,7 +34,7 @@ from transformers import Cache, DynamicCache, DynamicLayer
 from emlab.errors import ConfigError
 from emlab.hashing import canonical_json
 from emlab.generate.base import GenConfig, GenRequest, GenResult, Progress
-from emlab.models.hooks import steered
+from emlab.models.hooks import plain_lora_linear, steered
 from emlab.models.registry import load_model, resolve_dtype
 
 
@@ -360,14 +360,12 @@ class _MixedLoRA:
     def supports(peft) -> bool:
         """Plain LoRA on Linear layers only (no DoRA or other variants, no embedding or
         conv LoRA, no modules saved whole): what the hooks reproduce."""
-        from peft.tuners.lora.layer import Linear
         from peft.tuners.tuners_utils import BaseTunerLayer
 
         if any(getattr(c, "modules_to_save", None) or getattr(c, "trainable_token_indices", None)
                for c in peft.peft_config.values()):
             return False
-        return all(isinstance(m, Linear) and not m.lora_variant and not any(m.lora_bias.values()) for m in peft.modules()
-                   if isinstance(m, BaseTunerLayer))
+        return all(plain_lora_linear(m) for m in peft.modules() if isinstance(m, BaseTunerLayer))
 
     def set_rows(self, rows: torch.Tensor) -> None:
         self.rows, self.masks = rows, {}

@@ -141,12 +141,9 @@ def sample_stage(store: Store, spec: SampleSpec, model: str, variants: list[Vari
     if spec.backend != "hf" and any(v.steer is not None for v in variants):
         raise ConfigError(f"steering needs the hf backend (forward hooks on the model), not '{spec.backend}'")
     n = samples_per_paraphrase if samples_per_paraphrase is not None else spec.samples_per_paraphrase
-    planned = missing = 0
-    for v in variants:
-        for s in suites:
-            keys = [row["key"] for _, row in plan(s, model, v, cfg, n)]
-            planned += len(keys)
-            missing += len(keys) - len(store.existing_keys(keys))
+    plans = [plan(s, model, v, cfg, n) for v in variants for s in suites]  # one per (variant, suite)
+    planned = sum(len(items) for items in plans)
+    missing = sum(len(items) - len(store.existing_keys(row["key"] for _, row in items)) for items in plans)
     summary = {"planned": planned, "missing": missing, "generated": 0, "left_to_others": 0,
                "gen_hash": cfg.content_hash()}
     if not missing:
@@ -161,13 +158,11 @@ def sample_stage(store: Store, spec: SampleSpec, model: str, variants: list[Vari
     with progress.stage(console, label, missing) as advance:
         if executor is not None:
             cells = []
-            for v in variants:
-                for s in suites:
-                    items = plan(s, model, v, cfg, n)
-                    have = store.existing_keys(row["key"] for _, row in items)
-                    todo = [(req, row) for req, row in items if row["key"] not in have]
-                    if todo:
-                        cells.append((spec, model, todo, cfg, run_id))
+            for items in plans:
+                have = store.existing_keys(row["key"] for _, row in items)
+                todo = [(req, row) for req, row in items if row["key"] not in have]
+                if todo:
+                    cells.append((spec, model, todo, cfg, run_id))
             for _, rows in executor.run(sample_cell, cells, label):
                 summary["generated"] += store.add_samples(rows)
                 advance(len(rows))
@@ -176,8 +171,8 @@ def sample_stage(store: Store, spec: SampleSpec, model: str, variants: list[Vari
             # each decoding step serves all of them (the quickstart's 120 coding tasks: 1.47x
             # the wall time of one variant per batch, its 384 suite answers 1.13x; bf16,
             # benchmarks/variant_batching.py).
-            items = [item for v in variants for s in suites for item in plan(s, model, v, cfg, n)]
-            rep = sample_items(store, get(), items, cfg, spec.batch_size, run_id, advance)
+            rep = sample_items(store, get(), [item for items in plans for item in items], cfg, spec.batch_size,
+                               run_id, advance)
             summary["generated"] += rep.generated
             summary["left_to_others"] += rep.left_to_others
     summary["seconds"] = round(time.time() - start, 1)

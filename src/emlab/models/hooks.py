@@ -134,6 +134,14 @@ def steering(model, vectors: dict[int, torch.Tensor], mode: str = "add", alpha: 
 
 # ------------------------------------------------------------------ direction files
 
+def plain_lora_linear(module) -> bool:
+    """Whether a peft LoRA layer is plain LoRA on a Linear layer (no DoRA or other variant, no
+    LoRA bias): its update is exactly scaling * B A x, what emlab's own LoRA hooks add."""
+    from peft.tuners.lora.layer import Linear
+
+    return isinstance(module, Linear) and not module.lora_variant and not any(module.lora_bias.values())
+
+
 def load_directions(path: str | Path) -> tuple[dict[int, torch.Tensor], dict]:
     """({layer: direction}, metadata) of a direction file."""
     from safetensors import safe_open

@@ -167,13 +167,15 @@ def lora_updates_in_float32(model) -> Iterator[None]:
     base model (a bias, not noise). An fp32 sum is off the grid; the next layer's input cast
     rounds it without that bias. A model without LoRA layers runs unchanged; LoRA layers other
     than plain Linear ones (DoRA, embeddings, a LoRA bias, ...) are refused rather than run biased."""
-    from peft.tuners.lora.layer import Linear, LoraLayer
+    from peft.tuners.lora.layer import LoraLayer
+
+    from emlab.models.hooks import plain_lora_linear
 
     layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
     if not layers:
         yield
         return
-    if any(not isinstance(m, Linear) or m.lora_variant or any(m.lora_bias.values()) for m in layers):
+    if not all(plain_lora_linear(m) for m in layers):
         raise ConfigError("reduced-precision likelihood scoring covers plain LoRA Linear layers only; "
                           "score this adapter with dtype float32")
 
