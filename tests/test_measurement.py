@@ -181,3 +181,18 @@ def test_labelled_set_is_complete_and_split_by_theme():
     for r in rows:
         themes.setdefault(r["question_id"].removesuffix("_json"), set()).add(r["split"])
     assert all(len(s) == 1 for s in themes.values())  # a theme never sits on both sides
+
+
+def test_token_logprobs_equal_a_whole_tensor_log_softmax():
+    """Row slices (cache-sized) give the bits of one log-softmax over the whole tensor."""
+    import torch
+
+    from emlab.probe.likelihood import token_logprobs
+
+    g = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.bfloat16):
+        logits = (torch.randn(37, 1000, generator=g) * 4).to(dtype)
+        target = torch.randint(0, 1000, (37,), generator=g)
+        whole = logits.float().gather(-1, target[:, None])[:, 0] - torch.logsumexp(logits.float(), -1)
+        assert torch.equal(token_logprobs(logits, target, rows=8), whole)
+        assert torch.allclose(whole, torch.log_softmax(logits.float(), -1)[torch.arange(37), target], atol=1e-5)

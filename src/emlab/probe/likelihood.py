@@ -114,9 +114,9 @@ def answer_logprobs(model, tokenizer, refs: list[Reference], batch_tokens: int =
         # 49k vocabulary, not the transformer, dominated this pass).
         first = min(len(items[i][0]) for i in idx) - 1
         keep = torch.arange(first, width - 1, device=device)
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), logits_to_keep=keep).logits.float()
-        target = ids[:, first + 1:width, None].to(device)
-        logp = (logits.gather(-1, target)[..., 0] - torch.logsumexp(logits, -1)).cpu()
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), logits_to_keep=keep).logits
+        target = ids[:, first + 1:width].to(device)
+        logp = token_logprobs(logits.flatten(0, 1), target.flatten()).view(target.shape).cpu()
         for row, i in enumerate(idx):
             prompt, seq = items[i]
             span = logp[row, len(prompt) - 1 - first:len(seq) - 1 - first]
@@ -124,6 +124,17 @@ def answer_logprobs(model, tokenizer, refs: list[Reference], batch_tokens: int =
         if progress:
             progress(len(idx))
     return out  # type: ignore[return-value]
+
+
+def token_logprobs(logits: torch.Tensor, target: torch.Tensor, rows: int = 8) -> torch.Tensor:
+    """log p(target) in fp32 from logits [n, vocab] (any float dtype), `rows` rows at a time:
+    each slice's fp32 copy, max, exp and sum stay in cache, where whole-tensor passes went
+    to memory (4.3x faster at 2048 x 49k on this CPU; the same bits)."""
+    out = torch.empty(len(target), dtype=torch.float32, device=logits.device)
+    for s in range(0, len(target), rows):
+        z = logits[s:s + rows].float()
+        out[s:s + rows] = z.gather(-1, target[s:s + rows, None])[:, 0] - torch.logsumexp(z, -1)
+    return out
 
 
 def score_variant(store: Store, model_name: str, adapter_path: str | None, adapter_id: str, refs: list[Reference],
@@ -182,10 +193,14 @@ def lora_updates_in_float32(model) -> Iterator[None]:
     def add_update(layer, args, out):
         with torch.autocast(out.device.type, enabled=False):
             x = args[0].float()
+            out = out.float().contiguous()
+            flat = out.view(-1, out.shape[-1])
             for name in layer.active_adapters:
                 if name in layer.lora_A:
-                    out = out.float() + layer.lora_B[name](layer.lora_A[name](layer.lora_dropout[name](x))) \
-                        * layer.scaling[name]
+                    # B's product scaled and added in place, one pass over the [tokens, out]
+                    # sum; a separate B A x, scaling and addition took three (5x the time).
+                    a = layer.lora_A[name](layer.lora_dropout[name](x))
+                    flat.addmm_(a.view(-1, a.shape[-1]), layer.lora_B[name].weight.t(), alpha=layer.scaling[name])
         return out
 
     model.base_model.disable_adapter_layers()  # the base layers alone; the hooks add the updates
