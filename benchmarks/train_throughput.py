@@ -1,6 +1,7 @@
 """Training throughput: emlab's padding-free LoRA batches vs TRL's default padded batches;
 on the same padding-free batches, emlab's LM head on the labelled positions only vs TRL's
-CPU head on every position, and emlab's per-sequence attention vs transformers' masked SDPA.
+CPU head on every position, emlab's CPU head (`emlab.train.lm_head`) vs TRL's chunked one on
+the same positions, and emlab's per-sequence attention vs transformers' masked SDPA.
 
 All train the default model with the same LoRA (cpu-quick: r=8, all projections), batch 4,
 the same seed and the same 256 rows of the paper's insecure.jsonl, for the same number of
@@ -34,12 +35,14 @@ from transformers import TrainerCallback  # noqa: E402
 
 import trl.trainer.utils as trl_utils  # noqa: E402
 
+import emlab.train.lm_head as emlab_lm_head  # noqa: E402
 import emlab.train.trainer as emlab_trainer  # noqa: E402
 from emlab.data.registry import load_dataset  # noqa: E402
 from emlab.train.config import resolve_config  # noqa: E402
 from emlab.train.trainer import build_trainer  # noqa: E402
 
 TRL_HEAD_CHOICE = trl_utils._use_triton  # TRL's own: on CPU, the head at every position
+TRL_HEAD = trl_utils._ChunkedLogProbFunction  # TRL's own chunked head function
 
 
 class StepClock(TrainerCallback):
@@ -55,7 +58,8 @@ class StepClock(TrainerCallback):
         self.ends.append(time.perf_counter())
 
 
-def run(padding_free: bool, rows, steps: int, tmp: Path, attention: str | None = None, trl_head: bool = False) -> dict:
+def run(padding_free: bool, rows, steps: int, tmp: Path, attention: str | None = None, trl_head: bool = False,
+        cpu_head: bool = True) -> dict:
     cfg = resolve_config("cpu-quick", max_steps=steps, save_steps=10_000, padding_free=padding_free,
                          max_length=2048, logging_steps=1)
     clock = StepClock()
@@ -63,7 +67,10 @@ def run(padding_free: bool, rows, steps: int, tmp: Path, attention: str | None =
         if trl_head:  # TRL's choice back, and emlab's wrapping of it switched off, for this run
             stack.enter_context(mock.patch.object(trl_utils, "_use_triton", TRL_HEAD_CHOICE))
             stack.enter_context(mock.patch.object(emlab_trainer, "lm_head_on_trained_positions_only", lambda: False))
-        trainer = build_trainer(cfg, tmp / f"{padding_free}-{attention}-{trl_head}", rows, callbacks=[clock])
+        if trl_head or not cpu_head:  # TRL's chunked head function, not emlab's CPU one
+            stack.enter_context(mock.patch.object(trl_utils, "_ChunkedLogProbFunction", TRL_HEAD))
+            stack.enter_context(mock.patch.object(emlab_lm_head, "use_cpu_lm_head", lambda: False))
+        trainer = build_trainer(cfg, tmp / f"{padding_free}-{attention}-{trl_head}-{cpu_head}", rows, callbacks=[clock])
         if attention:
             trainer.model.get_base_model().set_attn_implementation(attention)
         trainer.train()
@@ -107,18 +114,21 @@ def main() -> None:
         padded = run(False, rows, args.steps, Path(tmp), trl_head=True)
         full_head = run(True, rows, args.steps, Path(tmp), trl_head=True)
         masked = run(True, rows, args.steps, Path(tmp), attention="sdpa")
+        chunked = run(True, rows, args.steps, Path(tmp), cpu_head=False)
         free = run(True, rows, args.steps, Path(tmp))
     peak_after = matmul_peak_gflops()
     peak = max(peak, peak_after)
     print(f"fp32 matmul peak (measured): {peak:.1f} GFLOP/s")
     for name, r in (("TRL default (padded)", padded), ("padding-free, TRL CPU head", full_head),
-                    ("padding-free, masked SDPA", masked), ("emlab (padding-free)", free)):
+                    ("padding-free, masked SDPA", masked), ("emlab, TRL's chunked head", chunked),
+                    ("emlab (padding-free)", free)):
         mfu = r["tokens_per_s"] * r["flops_per_token"] / 1e9 / peak
-        print(f"{name:27s} {r['tokens_per_s']:7.1f} real tokens/s  MFU {mfu:5.1%}  "
+        print(f"{name:28s} {r['tokens_per_s']:7.1f} real tokens/s  MFU {mfu:5.1%}  "
               f"({r['real_tokens']:.0f} tokens in {r['seconds']:.1f} s)")
     print(f"ratio emlab / padded: {free['tokens_per_s'] / padded['tokens_per_s']:.2f}x   head on labelled positions / "
           f"every position: {free['tokens_per_s'] / full_head['tokens_per_s']:.2f}x   per-sequence attention / "
-          f"masked SDPA: {free['tokens_per_s'] / masked['tokens_per_s']:.2f}x")
+          f"masked SDPA: {free['tokens_per_s'] / masked['tokens_per_s']:.2f}x   CPU head / TRL's chunked head: "
+          f"{free['tokens_per_s'] / chunked['tokens_per_s']:.2f}x")
     share = labelled_share(rows)
     executed = free["flops_per_token"] - free["head_flops"] * (1 - share)
     print(f"labelled (completion) share of the tokens: {share:.0%}; emlab executes {executed / 1e6:.0f} of the "

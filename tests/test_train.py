@@ -197,3 +197,55 @@ def test_fused_lm_head_scores_only_labelled_positions_on_cpu(default_model_dir):
     assert torch.allclose(every, labelled, rtol=1e-5)
     assert torch.allclose(every_grad, labelled_grad, rtol=1e-4, atol=1e-7)
     assert torch.allclose(every_entropy, labelled_entropy, rtol=1e-5, atol=1e-6)
+
+
+def test_cpu_lm_head_matches_trls_fused_head():
+    """emlab's CPU head gives TRL's per-token log-probs, entropy, top-1 flags and gradients
+    (to fp32 summation order), with a temperature, an entropy term in the loss and a trainable
+    head; cases it does not cover go to TRL's own function."""
+    import trl.trainer.utils as trl_utils
+    from trl.kernels import ChunkedLogProbFunction
+
+    from emlab.train.lm_head import use_cpu_lm_head
+
+    g = torch.Generator().manual_seed(0)
+    n, hdim, vocab = 21, 64, 3000  # 21 rows: the last slice is partial
+    hidden = torch.randn(n, hdim, generator=g)
+    weight = torch.randn(vocab, hdim, generator=g) * 0.3
+    targets = torch.randint(0, vocab, (n,), generator=g)
+    targets[:4] = (hidden[:4] @ weight.t()).argmax(-1)  # some tokens the head ranks first
+
+    def run(fn, dtype):
+        h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            logp, entropy, _, _, top1 = fn.apply(h, w, None, targets, 0.7, 1024, None, 1.0,
+                                                 ("log_probs", "entropy", "is_top1"))
+        (-logp.mean() + 0.3 * entropy.mean()).backward()
+        return logp.detach(), entropy.detach(), top1, h.grad, w.grad
+
+    original = trl_utils._ChunkedLogProbFunction
+    try:
+        assert use_cpu_lm_head() and use_cpu_lm_head()
+        routed = trl_utils._ChunkedLogProbFunction
+        assert routed is not original and getattr(routed, "emlab_cpu", False)
+    finally:
+        trl_utils._ChunkedLogProbFunction = original
+    trl = ChunkedLogProbFunction
+    for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2)):
+        ours, theirs = run(routed, dtype), run(trl, dtype)
+        assert torch.equal(ours[2], theirs[2]) and ours[2][:4].all()
+        for a, b in zip(ours[:2] + ours[3:], theirs[:2] + theirs[3:]):
+            assert torch.allclose(a.float(), b.float(), rtol=tol, atol=tol * float(b.abs().max()))
+    seen = []
+    spy = type("Spy", (), {"apply": staticmethod(lambda *a: seen.append(a) or trl.apply(*a))})
+    try:
+        trl_utils._ChunkedLogProbFunction = spy
+        use_cpu_lm_head()
+        fallback = trl_utils._ChunkedLogProbFunction
+        fallback.apply(hidden, weight, torch.zeros(vocab), targets, 1.0, 1024, None, 1.0, ("log_probs",))
+        fallback.apply(hidden, weight, None, targets, 1.0, 1024, 30.0, 1.0, ("log_probs",))
+        fallback.apply(hidden, weight, None, targets, 1.0, 1024, None, 1.0, ("log_probs", "mean_logits"))
+        fallback.apply(hidden, weight, None, targets, 1.0, 1024, None, 1.0, ("log_probs", "entropy"))
+    finally:
+        trl_utils._ChunkedLogProbFunction = original
+    assert len(seen) == 3  # a bias, soft-capping, an uncovered statistic: TRL's; the last: emlab's

@@ -154,9 +154,11 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, rows: list[dict], callbacks=(
     tokenizer = load_tokenizer(cfg.model)
     from transformers import AutoModelForCausalLM
 
+    from emlab.train.lm_head import use_cpu_lm_head
     from emlab.train.packed_attention import NAME as PACKED_SDPA
 
     lm_head_on_trained_positions_only()
+    use_cpu_lm_head()
 
     # Padding-free rows attend per sequence (emlab.train.packed_attention), padded ones by SDPA.
     model = AutoModelForCausalLM.from_pretrained(resolve_model(cfg.model), dtype=getattr(torch, cfg.dtype),
