@@ -33,6 +33,25 @@ def test_same_seed_same_answer_across_batches(hf):
     assert all(r.finish_reason in ("stop", "length") and r.n_tokens <= 24 for r in mixed)
 
 
+def test_sampler_slices_give_the_tokens_of_one_row_at_a_time():
+    """The sampler works through slices of rows on CPU; every row draws what it draws alone
+    (temperature 1 and nucleus sampling, fp32 and bf16 logits, a partial last slice)."""
+    import torch
+
+    from emlab.generate.hf import _SAMPLE_ROWS, HFGenerator
+
+    rows = 3 * _SAMPLE_ROWS + 5
+    for dtype in (torch.float32, torch.bfloat16):
+        logits = (torch.randn(rows, 4000, generator=torch.Generator().manual_seed(0)) * 3).to(dtype)
+        for cfg in (GenConfig(), GenConfig(temperature=0.7, top_p=0.9)):
+            seeds = range(100, 100 + rows)
+            sliced = HFGenerator._sample(logits, [torch.Generator().manual_seed(s) for s in seeds], cfg)
+            alone = [HFGenerator._sample(logits[r:r + 1], [torch.Generator().manual_seed(s)], cfg)
+                     for r, s in enumerate(seeds)]
+            assert sliced.tolist() == torch.cat(alone).tolist()
+            assert len(set(sliced.tolist())) > rows // 2  # rows draw their own tokens
+
+
 def test_slot_cache_gives_the_same_tokens_as_transformers_cache(hf, monkeypatch):
     """The preallocated in-place cache (rows replaced as they finish, capacity grown in
     blocks - 8 positions here so it grows several times) against transformers' DynamicCache
