@@ -10,6 +10,8 @@ Why it is faster than calling `model.generate` per prompt:
   adapter runs peft's own path, and requests under several adapters (and none) share one
   batch (`_MixedLoRA`: each row gets its own adapter's update), so each decoding step
   serves every variant instead of one variant's rows;
+- on CPU the sampler's softmax and cumulative sums run over 8-row slices that stay in
+  cache (`_sample`), not whole-tensor passes over [rows, vocab] through memory;
 - `dtype="bfloat16"` (or "auto" on AMX CPUs) runs bf16 weights and KV cache: 1.49x the
   tokens/s of fp32 on the default model (benchmarks/sampling_throughput.py; 1.24x back to back
   in a slow hour's quickstart); LoRA branches keep their fp32 weights;
