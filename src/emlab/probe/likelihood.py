@@ -142,9 +142,9 @@ def score_variant(store: Store, model_name: str, adapter_path: str | None, adapt
     """Mean log-probability per token of every reference under one variant (cached in the store).
     `dtype` "bfloat16" runs the passes under bf16 autocast with each LoRA update added in fp32
     (`lora_updates_in_float32`), cached apart from the fp32 scores. On the quickstart's insecure
-    adapter (160 references, fp32 per-reference shift 0.033 nats/token) its shift read +0.0002
-    off the fp32 one on average (per-reference sd 0.006), against -0.0025 (sd 0.008) with the
-    updates added in bf16, as peft does; 1.24x (adapter) and 1.63x (base) the speed of fp32 on
+    adapter (160 references, fp32 per-reference shift 0.033 nats/token) its shift read -0.0003
+    off the fp32 one on average (per-reference sd 0.007), against -0.0021 (sd 0.008) with the
+    updates added in bf16, as peft does; 1.46x (adapter) and 1.87x (base) the speed of fp32 on
     this AMX CPU (benchmarks/likelihood_precision.py)."""
     _ensure_table(store)
     # The table's model column names the precision too when it is not fp32 (the suffix marks
