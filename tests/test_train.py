@@ -223,14 +223,16 @@ def test_cpu_lm_head_matches_trls_fused_head():
         (-logp.mean() + 0.3 * entropy.mean()).backward()
         return logp.detach(), entropy.detach(), top1, h.grad, w.grad
 
-    original = trl_utils._ChunkedLogProbFunction
+    original = trl_utils._ChunkedLogProbFunction  # routed already if a trainer was built before
+    trl = ChunkedLogProbFunction
     try:
-        assert use_cpu_lm_head() and use_cpu_lm_head()
+        trl_utils._ChunkedLogProbFunction = trl
+        assert use_cpu_lm_head()
         routed = trl_utils._ChunkedLogProbFunction
-        assert routed is not original and getattr(routed, "emlab_cpu", False)
+        assert use_cpu_lm_head() and trl_utils._ChunkedLogProbFunction is routed  # no second wrap
+        assert routed is not trl and getattr(routed, "emlab_cpu", False)
     finally:
         trl_utils._ChunkedLogProbFunction = original
-    trl = ChunkedLogProbFunction
     for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2)):
         ours, theirs = run(routed, dtype), run(trl, dtype)
         assert torch.equal(ours[2], theirs[2]) and ours[2][:4].all()

@@ -12,9 +12,9 @@ Why it is faster than calling `model.generate` per prompt:
   serves every variant instead of one variant's rows;
 - on CPU the sampler's softmax and cumulative sums run over 8-row slices that stay in
   cache (`_sample`), not whole-tensor passes over [rows, vocab] through memory;
-- `dtype="bfloat16"` (or "auto" on AMX CPUs) runs bf16 weights and KV cache: 1.49x the
-  tokens/s of fp32 on the default model (benchmarks/sampling_throughput.py; 1.24x back to back
-  in a slow hour's quickstart); LoRA branches keep their fp32 weights;
+- `dtype="bfloat16"` (or "auto" on AMX CPUs) runs bf16 weights and KV cache: 1.49-1.60x
+  the tokens/s of fp32 on the default model in two runs (benchmarks/sampling_throughput.py;
+  1.24x back to back in a slow hour's quickstart); LoRA branches keep their fp32 weights;
 - steering (`GenRequest.steer`) is a forward hook on the native decoder layers, removed
   after its requests (emlab.models.hooks).
 
