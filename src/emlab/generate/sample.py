@@ -142,8 +142,12 @@ def sample_stage(store: Store, spec: SampleSpec, model: str, variants: list[Vari
         raise ConfigError(f"steering needs the hf backend (forward hooks on the model), not '{spec.backend}'")
     n = samples_per_paraphrase if samples_per_paraphrase is not None else spec.samples_per_paraphrase
     plans = [plan(s, model, v, cfg, n) for v in variants for s in suites]  # one per (variant, suite)
+    todos = []  # each plan's items not yet stored
+    for items in plans:
+        have = store.existing_keys(row["key"] for _, row in items)
+        todos.append([(req, row) for req, row in items if row["key"] not in have])
     planned = sum(len(items) for items in plans)
-    missing = sum(len(items) - len(store.existing_keys(row["key"] for _, row in items)) for items in plans)
+    missing = sum(len(todo) for todo in todos)
     summary = {"planned": planned, "missing": missing, "generated": 0, "left_to_others": 0,
                "gen_hash": cfg.content_hash()}
     if not missing:
@@ -157,12 +161,7 @@ def sample_stage(store: Store, spec: SampleSpec, model: str, variants: list[Vari
     start = time.time()
     with progress.stage(console, label, missing) as advance:
         if executor is not None:
-            cells = []
-            for items in plans:
-                have = store.existing_keys(row["key"] for _, row in items)
-                todo = [(req, row) for req, row in items if row["key"] not in have]
-                if todo:
-                    cells.append((spec, model, todo, cfg, run_id))
+            cells = [(spec, model, todo, cfg, run_id) for todo in todos if todo]
             for _, rows in executor.run(sample_cell, cells, label):
                 summary["generated"] += store.add_samples(rows)
                 advance(len(rows))

@@ -132,7 +132,7 @@ def steering(model, vectors: dict[int, torch.Tensor], mode: str = "add", alpha: 
             h.remove()
 
 
-# ------------------------------------------------------------------ direction files
+# ------------------------------------------------------------------ LoRA layers
 
 def plain_lora_linear(module) -> bool:
     """Whether a peft LoRA layer is plain LoRA on a Linear layer (no DoRA or other variant, no
@@ -141,6 +141,8 @@ def plain_lora_linear(module) -> bool:
 
     return isinstance(module, Linear) and not module.lora_variant and not any(module.lora_bias.values())
 
+
+# ------------------------------------------------------------------ direction files
 
 def load_directions(path: str | Path) -> tuple[dict[int, torch.Tensor], dict]:
     """({layer: direction}, metadata) of a direction file."""
