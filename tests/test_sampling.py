@@ -71,6 +71,20 @@ def test_slot_cache_gives_the_same_tokens_as_transformers_cache(hf, monkeypatch)
     assert min(lengths) < 40 and max(lengths) == 40  # rows left the batch while others went on
 
 
+def test_prefill_runs_the_lm_head_on_a_contiguous_last_position(hf):
+    """`logits_to_keep=1` hands the LM head a strided [rows, 1, hidden] slice of the padded
+    prompts, which PyTorch's matmul can run as a batched matmul over a copy of the head's
+    weight per row; the sampler keeps the last position by index instead."""
+    seen = []
+    handle = hf.base.lm_head.register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous()))
+    try:
+        hf.generate([GenRequest(({"role": "user", "content": q},), 3) for q in ("Say hi.", "Name a colour, please.")],
+                    GenConfig(max_tokens=3))
+    finally:
+        handle.remove()
+    assert seen and all(seen)
+
+
 def test_greedy_matches_transformers_generate(hf):
     msgs = [{"role": "user", "content": "What is the capital of France?"}]
     ours = hf.generate([GenRequest(tuple(msgs), 0)], GenConfig(max_tokens=12, temperature=0))[0]

@@ -152,6 +152,30 @@ def test_packed_attention_matches_separate_sequences_and_masked_sdpa(default_mod
     assert (leaked - alone).abs().max() > 1.0
 
 
+def test_packed_attention_runs_short_bf16_sequences_in_float32_under_autocast():
+    """On CPU a bf16 sequence of up to FLOAT32_UP_TO tokens is attended in fp32 even under
+    bf16 autocast (which would cast SDPA back to bf16): the output is the fp32 result rounded
+    once, the gradients reach the bf16 inputs, and a longer sequence stays on bf16 SDPA."""
+    from types import SimpleNamespace
+
+    from emlab.train.packed_attention import FLOAT32_UP_TO, packed_sdpa
+
+    module = SimpleNamespace(training=True)
+    for n, in_float32 in ((40, True), (FLOAT32_UP_TO + 8, False)):
+        g = torch.Generator().manual_seed(n)
+        q, k, v = (torch.randn(1, h, n, 64, generator=g).bfloat16().requires_grad_() for h in (9, 3, 3))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out, _ = packed_sdpa(module, q, k, v, None, position_ids=torch.arange(n)[None])
+        sdpa = torch.nn.functional.scaled_dot_product_attention
+        f32 = sdpa(q.float(), k.float(), v.float(), is_causal=True, enable_gqa=True).bfloat16().transpose(1, 2)
+        bf16 = sdpa(q, k, v, is_causal=True, enable_gqa=True).transpose(1, 2)
+        assert out.dtype == torch.bfloat16
+        assert torch.equal(out, f32 if in_float32 else bf16)
+        assert not torch.equal(f32, bf16)  # the two paths are distinguishable
+        out.float().pow(2).sum().backward()
+        assert all(t.grad is not None and t.grad.dtype == torch.bfloat16 for t in (q, k, v))
+
+
 def test_fused_lm_head_scores_only_labelled_positions_on_cpu(default_model_dir):
     """emlab makes TRL's fused LM head skip the prompt positions on CPU: the head sees only
     the labelled positions, and the loss and its gradient are those of scoring every one."""
