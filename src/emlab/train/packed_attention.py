@@ -9,7 +9,7 @@ masked kernel cannot skip the upper triangle. `packed_sdpa` runs SDPA once per s
 its gradients against transformers' masked SDPA). Anything else - batches of several rows
 (padded), decoding steps (one query against a longer cache) - goes to transformers' own SDPA.
 
-On CPU, a bf16 or fp16 sequence of at most `FLOAT32_UP_TO` tokens runs its attention in fp32
+On CPU, a bf16 sequence of at most `FLOAT32_UP_TO` tokens runs its attention in fp32
 (autocast off; the output cast back): PyTorch's CPU flash kernel is slower in bf16 than in
 fp32 at these lengths, its backward most of all (forward + backward of one 9-head sequence:
 6.2 against 3.5 ms at 200 tokens, 9.9 against 7.3 at 300; about even at 500, bf16 ahead at
@@ -47,8 +47,8 @@ def packed_sdpa(module, query: torch.Tensor, key: torch.Tensor, value: torch.Ten
 
 
 def _causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float, scale, gqa: bool) -> torch.Tensor:
-    """Causal SDPA of one sequence; in fp32 for a short reduced-precision one on CPU."""
-    if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16) and q.shape[2] <= FLOAT32_UP_TO:
+    """Causal SDPA of one sequence; in fp32 for a short bf16 one on CPU."""
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16 and q.shape[2] <= FLOAT32_UP_TO:
         with torch.autocast("cpu", enabled=False):
             out = torch.nn.functional.scaled_dot_product_attention(
                 q.float(), k.float(), v.float(), dropout_p=dropout, is_causal=True, scale=scale, enable_gqa=gqa)
