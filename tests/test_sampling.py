@@ -108,6 +108,27 @@ def test_sample_suite_honours_system_and_resumes(tmp_path, hf):
         assert sum(r["system"] is not None for r in rows) == 16
 
 
+def test_sample_batch_size_bounds_the_rows_the_hf_backend_decodes_at_once(tmp_path, default_model_dir):
+    """`sample.batch_size` reaches the hf generator: a claimed batch is decoded as one batch
+    of at most that many rows (it stayed at 192, the generator's default, whatever was set)."""
+    from emlab.generate.sample import gen_config, lazy_generator
+    from emlab.specs import SampleSpec
+
+    spec = SampleSpec(batch_size=224, max_tokens=2)
+    gen = lazy_generator(spec, "smollm2-135m-instruct")()
+    rows = []
+    handle = gen.base.register_forward_pre_hook(lambda m, a, k: rows.append(k["input_ids"].shape[0]),
+                                                with_kwargs=True)
+    try:
+        with Store(tmp_path) as store:
+            rep = sample_suite(store, gen, builtin_suite(), "smollm2-135m-instruct", Variant(), gen_config(spec),
+                               samples_per_paraphrase=7, batch_size=spec.batch_size)
+    finally:
+        handle.remove()
+    assert rep.generated == 224
+    assert max(rows) == 224  # one claim, decoded at once
+
+
 def test_bfloat16_weights_sample_apart_from_float32_and_keep_lora_in_float32(tmp_path, hf):
     """bf16 weights (dtype "bfloat16", or "auto" on AMX CPUs): answers keyed apart from the
     fp32 ones, a generator refuses settings of the other dtype, and an adapter's LoRA

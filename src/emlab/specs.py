@@ -125,6 +125,8 @@ class SampleSpec(_Spec):
     backend: Backend = "hf"
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
+    # Samples claimed, generated and stored at a time; on the hf backend also the most
+    # sequences decoded at once (a bf16 or fp32 answer's bits depend on its batch's shape).
     batch_size: int = Field(192, ge=1, le=100_000)
     dtype: Dtype = "float32"  # the hf backend's weights; part of every answer's key when not float32
 

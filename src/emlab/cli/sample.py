@@ -26,7 +26,8 @@ def sample(
     n: Optional[int] = typer.Option(None, "--n", help="Samples per paraphrase (default: each question's own)."),
     temperature: float = typer.Option(1.0), top_p: float = typer.Option(1.0),
     max_tokens: int = typer.Option(600), seed: int = typer.Option(0),
-    batch_size: int = typer.Option(192, help="Samples generated and committed per batch."),
+    batch_size: int = typer.Option(192, help="Samples generated and committed per batch; on the hf backend also "
+                                             "the most sequences decoded at once."),
     dtype: str = typer.Option("float32", help="hf backend weights: float32 | bfloat16 | auto (bfloat16 on AMX "
                                               "CPUs and bf16 GPUs)"),
     project: Path = typer.Option(Path("."), help="Project directory holding emlab.db.", file_okay=False),

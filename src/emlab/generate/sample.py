@@ -46,8 +46,8 @@ def gen_config(spec: SampleSpec, max_tokens: int | None = None) -> GenConfig:
 def _generator_kwargs(spec: SampleSpec) -> dict:
     if spec.backend == "openai":
         return {"base_url": spec.base_url, "api_key_env": spec.api_key_env}
-    if spec.backend == "hf":
-        return {"dtype": resolve_dtype(spec.dtype)}
+    if spec.backend == "hf":  # a claimed batch is decoded as one batch (192 rows by default)
+        return {"dtype": resolve_dtype(spec.dtype), "max_batch": spec.batch_size}
     return {}
 
 
