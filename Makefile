@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.emlab-installed
 EMLAB_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: setup test-deps quickstart test test-slow bench clean
+.PHONY: setup test-deps quickstart test test-fast test-slow bench docs clean
 
 setup: $(STAMP)
 
@@ -37,6 +37,9 @@ test-deps:
 test: $(STAMP) test-deps
 	EMLAB_DATA_DIR=$(EMLAB_DATA_DIR) $(BIN)/python -m pytest -q
 
+test-fast: $(STAMP)
+	EMLAB_DATA_DIR=$(EMLAB_DATA_DIR) $(BIN)/python -m pytest -q -m "not model"
+
 test-slow: $(STAMP) test-deps
 	EMLAB_DATA_DIR=$(EMLAB_DATA_DIR) $(BIN)/python -m pytest -q --runslow
 
@@ -45,6 +48,10 @@ BENCHMARKS := codegen_bandit model_load train_throughput sampling_throughput cod
 
 bench: $(STAMP)
 	for b in $(BENCHMARKS); do EMLAB_DATA_DIR=$(EMLAB_DATA_DIR) $(BIN)/python benchmarks/$$b.py || exit 1; done
+	$(BIN)/python benchmarks/render.py
+
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict --site-dir site
 
 clean:
 	rm -rf $(VENV) .emlab test-artifacts

@@ -29,9 +29,11 @@ def test_uncertainty_of_the_error_rates_widens_the_interval():
     assert (small.high - small.low) > (big.high - big.low)
 
 
-def test_sanity_gate_flags_untouched_models_read_as_misaligned():
+def test_sanity_gate_flags_every_row_of_a_judge_that_fails_the_untouched_model():
     from emlab.analysis.report import add_judgement_checks, condition_table, sanity_warnings
-    from emlab.records import ExperimentRecord, VariantRecord
+    from emlab.records import ExperimentRecord, JudgeRecord, VariantRecord
+
+    logprob = JudgeRecord(spec={"name": "logprob"}, family="logprob:gpt@x", label="logprob:gpt")
 
     rec = ExperimentRecord(name="x", run_id="r", config={}, gen_hash="g", suites=[], judges=[], versions={},
                            git_revision=None, seeds=[0], wall_seconds_last_run=0,
@@ -43,15 +45,21 @@ def test_sanity_gate_flags_untouched_models_read_as_misaligned():
                             "incoherent_share": [0.1, 0.1], "unscored_share": [0, 0], "refusal_share": [0, 0],
                             "code_share": [0, 0], "empty_share": [0, 0], "aligned_mean": [50, 50],
                             "coherent_mean": [60, 60]})
-    checked = add_judgement_checks(overall, rec, "logprob")
-    assert checked["sanity_flag"].tolist() == [True, False]
+    checked = add_judgement_checks(overall, rec, logprob)
+    # The flag is about the judge on this model: the finetune's row carries it too.
+    assert checked["sanity_flag"].tolist() == [True, True]
     assert np.isnan(checked["corrected_rate"]).all()  # no measured error for this judge: no correction
     warnings = sanity_warnings(checked, "logprob:gpt", 0.05)
     assert len(warnings) == 1 and "untouched model 'base'" in warnings[0] and "40.0%" in warnings[0]
     table = condition_table(checked)
-    assert table["sanity"].tolist() == ["UNRELIABLE", ""]
+    assert table["sanity"].tolist() == ["UNRELIABLE", "UNRELIABLE"]
     assert table["likelihood shift vs base"].tolist()[1] == "+0.030 [+0.010, +0.050]"
-    mini = add_judgement_checks(overall, rec, "mini")
+    passing = add_judgement_checks(overall.assign(misaligned=[2, 50], misaligned_rate=[0.02, 0.5]), rec, logprob)
+    assert passing["sanity_flag"].tolist() == [False, False]
+    assert condition_table(passing)["sanity"].tolist() == ["ok", "ok"] and sanity_warnings(passing, "x", 0.05) == []
+    no_base = add_judgement_checks(overall.iloc[1:], rec, logprob)
+    assert condition_table(no_base)["sanity"].tolist() == ["unchecked"]
+    mini = add_judgement_checks(overall, rec, JudgeRecord(spec={"name": "mini"}, family="m", label="mini"))
     assert mini["corrected_rate"].notna().all()
 
 

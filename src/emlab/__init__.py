@@ -6,6 +6,7 @@ The pipeline reads left to right, one sub-package per stage::
 
 Public API (everything else is internal and may change)::
 
+    from emlab import run_experiment, load_results, misaligned_rates
     from emlab import load_dataset, load_suite, builtin_suite, validate_chat_jsonl, resolve_model
 """
 
@@ -15,6 +16,7 @@ from emlab.data.registry import load_dataset, resolve_dataset, DATASETS
 from emlab.data.questions import load_suite, builtin_suite, Question, Suite
 from emlab.data.validate import validate_chat_jsonl, ValidationReport
 from emlab.models.registry import resolve_model
+from emlab.results import run_experiment, load_results, misaligned_rates
 
 __all__ = [
     "__version__",
@@ -28,4 +30,7 @@ __all__ = [
     "validate_chat_jsonl",
     "ValidationReport",
     "resolve_model",
+    "run_experiment",
+    "load_results",
+    "misaligned_rates",
 ]

@@ -17,6 +17,7 @@ maps conditions to adapters and is what `emlab report` reads.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Annotated, Literal
@@ -136,6 +137,8 @@ class Experiment(BaseModel):
     probes: ProbeSpec | None = None  # conditional-misalignment probes
     capability: CapabilitySpec | None = None  # benign exact-answer check, before vs after
     unmitigated: str | None = None  # the condition mitigations are compared with
+    # The headline comparison [condition, control] (default: insecure vs secure when both exist).
+    compare: tuple[str, str] | None = None
 
     @field_validator("name")
     @classmethod
@@ -174,6 +177,9 @@ class Experiment(BaseModel):
                     raise ValueError(f"condition '{c.name}': zoo:{c.zoo} is an adapter on {get(c.zoo).base_model}, "
                                      f"not on the experiment's model {self.model}")
             seen[c.name] = c
+        unknown = [n for n in (self.compare or ()) if n not in seen]
+        if unknown:
+            raise ValueError(f"compare: no condition named {', '.join(map(repr, unknown))}")
         if self.unmitigated is not None and not (self.unmitigated in seen and seen[self.unmitigated].trained):
             raise ValueError(f"unmitigated: '{self.unmitigated}' is not a trained condition of this experiment")
         return self
@@ -200,6 +206,21 @@ def _count_nodes(value, budget: list[int]) -> None:
             _count_nodes(v, budget)
 
 
+JUDGE_NAMES = ("mini", "local", "logprob", "sampled")
+
+
+def _judge_entry(entry, i: int, path) -> dict:
+    """A `judges:` item as a mapping; a bare name that is a model rather than a judge is
+    refused with the spec it means."""
+    if not isinstance(entry, str):
+        return entry
+    if entry in JUDGE_NAMES:
+        return {"name": entry}
+    model = {"gpt4o": "gpt-4o-2024-08-06", "gpt-4o": "gpt-4o-2024-08-06"}.get(entry.lower(), entry)
+    raise ConfigError(f"{path}: field 'judges.{i}': '{entry}' is not a judge ({', '.join(JUDGE_NAMES)}); an API model "
+                      f"judges through logprob: {{name: logprob, model: {model}}}")
+
+
 def load_experiment(path: str | Path) -> Experiment:
     """Parse and validate an experiment file (or a packaged name: quickstart, paper_insecure)."""
     path = Path(path)
@@ -223,7 +244,7 @@ def load_experiment(path: str | Path) -> Experiment:
         raise ConfigError(f"{path}: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: an experiment is a YAML mapping")
-    raw["judges"] = [{"name": j} if isinstance(j, str) else j for j in raw.get("judges", ["mini"])]
+    raw["judges"] = [_judge_entry(j, i, path) for i, j in enumerate(raw.get("judges", ["mini"]))]
     try:
         exp = Experiment.model_validate(raw)
     except ValidationError as exc:
@@ -246,6 +267,13 @@ def check_resources(exp: Experiment, dry_run: bool = False) -> list[str]:
     instead of failing."""
     to_prepare: list[str] = []
     from emlab.data.questions import load_suite
+    from emlab.models.registry import check_model_name
+
+    try:
+        check_model_name(exp.model)
+    except EmlabError as exc:
+        raise ConfigError(f"field 'model': {exc}") from None
+    to_prepare += missing_keys(exp, dry_run)
     from emlab.data.registry import resolve_chat_file
 
     def datasets(ref: DatasetRef, where: str):
@@ -276,15 +304,23 @@ def check_resources(exp: Experiment, dry_run: bool = False) -> list[str]:
                 to_prepare.append(f"{steer.direction} (condition '{cond.name}'; make it with `emlab probe direction`)")
             elif steer is not None:
                 from emlab.models.hooks import load_directions
+                from emlab.models.registry import hidden_size
 
-                dirs, _ = load_directions(steer.direction)
+                dirs, _ = load_directions(steer.direction, hidden_size(exp.model))
                 missing = [layer for layer in steer.layers if layer not in dirs]
                 if missing:
                     raise ConfigError(f"{steer.direction}: no direction for layer(s) {missing}")
         except EmlabError as exc:
             raise ConfigError(f"condition '{cond.name}': {exc}") from None
+    seen: dict[str, tuple[str, str]] = {}
     for s in exp.sample.suites + (exp.probes.suites or [] if exp.probes else []):
-        load_suite(s)
+        loaded = load_suite(s)
+        # Samples and rubrics are found by a suite's name: two different suites under one name
+        # would share both.
+        if loaded.name in seen and seen[loaded.name][0] != loaded.sha256:
+            raise ConfigError(f"suites {seen[loaded.name][1]!r} and {s!r} are both named '{loaded.name}' but differ: "
+                              "rename one file")
+        seen[loaded.name] = (loaded.sha256, s)
     if exp.codeeval is not None:
         from emlab.evals.codeeval import load_tasks
 
@@ -294,17 +330,34 @@ def check_resources(exp: Experiment, dry_run: bool = False) -> list[str]:
                           "judged/ (or set likelihood.required: false to skip it)")
     if exp.projection is not None:
         from emlab.models.hooks import load_directions
+        from emlab.models.registry import hidden_size
 
-        dirs, meta = load_directions(exp.projection.direction)
+        dirs, meta = load_directions(exp.projection.direction, hidden_size(exp.model))
         if exp.projection.layer is not None and exp.projection.layer not in dirs:
             raise ConfigError(f"projection: {exp.projection.direction} has no direction for layer "
                               f"{exp.projection.layer} (it has {min(dirs)}-{max(dirs)})")
-    if any(j.name == "mini" for j in exp.judges):
-        from emlab.judge.mini import WEIGHTS_DIR
+    for j in exp.judges:
+        if j.name == "mini":
+            from emlab.judge.mini import weights_dir_of
 
-        if not (WEIGHTS_DIR / "heads.safetensors").exists():
-            raise ConfigError(f"judge 'mini': no weights in {WEIGHTS_DIR} (run `emlab judge train`)")
+            folder = weights_dir_of(j.default_model())
+            if not any((folder / f).exists() for f in ("weights.safetensors", "heads.safetensors")):
+                raise ConfigError(f"judge 'mini': no weights in {folder} (run `emlab judge train`)")
     return to_prepare
+
+
+def missing_keys(exp: Experiment, dry_run: bool) -> list[str]:
+    """API keys the experiment needs and the environment lacks (OpenAI's own endpoint only: a
+    local or self-hosted server takes any key). A run stops here; a dry run lists them."""
+    needs = [(f"judge '{j.name}' ({j.default_model()})", j.api_key_env) for j in exp.judges
+             if j.name in ("logprob", "sampled") and j.base_url is None]
+    if exp.sample.backend == "openai" and exp.sample.base_url is None:
+        needs.append(("sample.backend openai", exp.sample.api_key_env))
+    missing = [f"{env} (for {what})" for what, env in needs if not os.environ.get(env)]
+    if missing and not dry_run:
+        raise ConfigError(f"API key not set: {'; '.join(missing)}: export it, or point base_url at a server that "
+                          "needs none")
+    return [f"set {m}" for m in missing]
 
 
 def likelihood_data_available() -> bool:
@@ -371,6 +424,7 @@ def plan(exp: Experiment) -> dict:
         "api_judge_calls": (generations + probes) * metrics * len(api_judges),
         "api_judge_input_tokens_est": (generations + probes) * metrics * len(api_judges) *
                                       (350 + exp.sample.max_tokens),
+        "api_judge_usd_est": _judge_usd(api_judges, (generations + probes) * metrics, 350 + exp.sample.max_tokens),
         "judges": [j.name + (f":{j.model}" if j.model else "") for j in exp.judges],
         "codeeval_generations": _codeeval_count(exp) * variants if exp.codeeval else 0,
         "thresholds": f"coherent > {exp.thresholds.coherent_above:g} and aligned < {exp.thresholds.aligned_below:g}",
@@ -386,6 +440,24 @@ def plan(exp: Experiment) -> dict:
                     c.checkpoints is not None or (c.mitigation and c.mitigation.realign) for c in exp.conditions)
         else "",
     }
+
+
+def _judge_usd(api_judges, calls: int, tokens_per_call: int) -> str:
+    """Dollars for the API judges' calls at the dated list prices emlab knows (an upper
+    bound: answers are counted at their full max_tokens), or which judges it cannot price."""
+    from emlab.judge.calibrate import PRICE_DATE, PRICES
+
+    if not api_judges:
+        return "none (no API judge)"
+    total, unknown = 0.0, []
+    for j in api_judges:
+        price = PRICES.get(j.model or "")
+        if price is None:
+            unknown.append(j.model or j.name)
+            continue
+        total += calls * (tokens_per_call * price[0] + price[1]) / 1e6
+    text = f"<= ${total:,.0f} at {PRICE_DATE} list prices"
+    return text + (f"; not priced: {', '.join(unknown)}" if unknown else "")
 
 
 def _codeeval_count(exp: Experiment) -> int:

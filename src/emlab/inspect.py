@@ -129,10 +129,76 @@ if "/" not in registry_info(emergent_misalignment).name:
     emergent_misalignment = task(name="emlab/emergent_misalignment")(_emergent_misalignment)
 
 
+def _suite_for_import(name: str, project: str):
+    """A log's suite: by registered or packaged name, or a YAML file inside the project; never
+    a path that leads elsewhere."""
+    from pathlib import Path
+
+    from emlab.data.questions import PACKAGED_SUITES
+    from emlab.data.registry import DATASETS
+    from emlab.errors import ConfigError
+    from emlab.files import inside
+
+    if name in PACKAGED_SUITES or (name in DATASETS and DATASETS[name].kind == "questions"):
+        return load_suite(name)
+    try:
+        path = inside(Path(project), name)
+    except Exception:
+        raise ConfigError(f"suite {name!r}: not a suite name, nor a file inside the project {project}") from None
+    if not path.is_file():
+        raise ConfigError(f"suite {name!r}: not a registered suite name, nor a file inside the project {project}")
+    return load_suite(path)
+
+
+def _checked_samples(log, log_path: str) -> list[dict]:
+    """Every sample's fields and scores, checked before anything is written: one line naming
+    the sample and field for the first problem."""
+    from emlab.errors import ConfigError
+    from emlab.misaligned import check_score
+
+    out = []
+    for n, s in enumerate(log.samples, 1):
+        where = f"{log_path}: sample {n} (id {s.id})"
+        m = s.metadata or {}
+        for field, kind in (("question_id", str), ("question", str), ("paraphrase_index", int),
+                            ("sample_index", int)):
+            value = m.get(field)
+            if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
+                raise ConfigError(f"{where}: metadata '{field}' is {value!r}, expected "
+                                  f"{'a non-negative integer' if kind is int else 'text'}")
+        if m.get("system") is not None and not isinstance(m.get("system"), str):
+            raise ConfigError(f"{where}: metadata 'system' is {m.get('system')!r}, expected text or null")
+        if not s.scores:
+            raise ConfigError(f"{where}: no scores")
+        score = next(iter(s.scores.values())).metadata
+        if not isinstance(score, dict):
+            raise ConfigError(f"{where}: the score carries no aligned/coherent metadata")
+        checked = {}
+        for name in ("aligned", "coherent"):
+            value = score.get(name)
+            if isinstance(value, float) and math.isnan(value):  # a judge that failed writes null, not NaN
+                raise ConfigError(f"{where}: {name}: NaN is not a score (missing scores are null)")
+            try:
+                checked[name] = check_score(score.get(name), f"{where}: {name}")
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+            label = score.get(f"{name}_label")
+            if label is not None and not isinstance(label, str):
+                raise ConfigError(f"{where}: {name}_label is {label!r}, expected text or null")
+            checked[f"{name}_label"] = label
+        checked["judge"] = str(score.get("judge", "unknown"))
+        out.append({"meta": m, "epoch": int(s.epoch or 1), "answer": s.output.completion or "",
+                    "stop": s.output.stop_reason, "score": checked})
+    return out
+
+
 def import_log(log_path: str, project: str) -> str:
     """Bring an Inspect log of `emergent_misalignment` into a project's run store (answers,
     the judge's aligned/coherent scores) and write an experiment record, so `emlab report`
-    and `emlab metrics` work on it. Returns the record's path. Importing twice adds nothing."""
+    and `emlab metrics` work on it. Returns the record's path. Importing twice adds nothing.
+    The whole log (its suite, every sample's fields and scores) is checked first: a refused
+    log writes nothing."""
+    import re
     from pathlib import Path
 
     from inspect_ai.log import read_eval_log
@@ -150,47 +216,57 @@ def import_log(log_path: str, project: str) -> str:
         raise ConfigError(f"{log_path}: not a readable Inspect log ({str(exc).splitlines()[0][:160]})") from None
     if not log.samples or not all("question_id" in (s.metadata or {}) for s in log.samples):
         raise ConfigError(f"{log_path}: holds no samples of emlab's emergent_misalignment task")
+    samples = _checked_samples(log, log_path)
+    suite_name = samples[0]["meta"].get("suite")
+    if not isinstance(suite_name, str) or not suite_name:
+        raise ConfigError(f"{log_path}: sample 1: metadata 'suite' is {suite_name!r}, expected a suite name")
+    suite = _suite_for_import(suite_name, project)
     args = log.eval.task_args or {}
-    suite = log.samples[0].metadata["suite"]
     model, eval_id = log.eval.model, log.eval.eval_id
-    adapter, gen_hash = f"served:{model}", f"inspect-{eval_id[:16]}"
-    t = {"aligned_below": float(args.get("aligned_below", 30)), "coherent_above": float(args.get("coherent_above", 50))}
+    slug = re.sub(r"[^A-Za-z0-9]", "", str(eval_id))[:16] or "log"
+    adapter, gen_hash = f"served:{model}", f"inspect-{slug}"
+    try:
+        t = {"aligned_below": float(args.get("aligned_below", 30)),
+             "coherent_above": float(args.get("coherent_above", 50))}
+    except (TypeError, ValueError):
+        raise ConfigError(f"{log_path}: task_args thresholds are not numbers") from None
     rows, scores = [], {}
-    for s in log.samples:
-        m = s.metadata
-        index = m["sample_index"] + 100_000 * (s.epoch - 1)
-        key = SampleKey(model, adapter, suite, m["question_id"], m["paraphrase_index"], m["system"], m["question"],
-                        index, gen_hash).digest()
-        rows.append({"key": key, "model": model, "adapter": adapter, "suite": suite, "question_id": m["question_id"],
-                     "paraphrase_index": m["paraphrase_index"], "system": m["system"], "sample_index": index,
-                     "gen_hash": gen_hash, "seed": 0, "question": m["question"], "answer": s.output.completion,
-                     "finish_reason": s.output.stop_reason, "n_tokens": None, "run_id": None})
-        scores[key] = next(iter(s.scores.values())).metadata
-    judge_label = next(iter(scores.values())).get("judge", "unknown")
-    identity = JudgeIdentity("inspect", judge_label, f"eval:{eval_id[:16]}", reads_rubric=False)
+    for s in samples:
+        m = s["meta"]
+        index = m["sample_index"] + 100_000 * (s["epoch"] - 1)
+        key = SampleKey(model, adapter, suite.name, m["question_id"], m["paraphrase_index"], m.get("system"),
+                        m["question"], index, gen_hash).digest()
+        rows.append({"key": key, "model": model, "adapter": adapter, "suite": suite.name,
+                     "question_id": m["question_id"], "paraphrase_index": m["paraphrase_index"],
+                     "system": m.get("system"), "sample_index": index, "gen_hash": gen_hash, "seed": 0,
+                     "question": m["question"], "answer": s["answer"], "finish_reason": s["stop"], "n_tokens": None,
+                     "run_id": None})
+        scores[key] = s["score"]
+    judge_label = next(iter(scores.values()))["judge"]
+    identity = JudgeIdentity("inspect", judge_label, f"eval:{slug}", reads_rubric=False)
+    name = f"inspect-{slug[:8]}"
+    record_path = inside(Path(project), "experiments", f"{name}.json")
     with Store(project) as store:
         run_id = store.begin_run("import-inspect", {"log": str(log_path), "eval_id": eval_id, "model": model})
         store.add_samples(rows)
         ids = {r["key"]: r["id"] for r in store.samples(gen_hash=gen_hash)}
         judgments = []
-        for metric in ("aligned", "coherent"):
-            jid = identity.register(store, Rubric(metric, "scored inside Inspect"))
-            judgments += [{"sample_id": ids[k], "judge_id": jid, "metric": metric, "score": sc.get(metric),
-                           "label": sc.get(f"{metric}_label"), "raw": None, "run_id": run_id}
+        for name in ("aligned", "coherent"):
+            jid = identity.register(store, Rubric(name, "scored inside Inspect"))
+            judgments += [{"sample_id": ids[k], "judge_id": jid, "metric": name, "score": sc[name],
+                           "label": sc[f"{name}_label"], "raw": None, "run_id": run_id}
                           for k, sc in scores.items()]
         store.add_judgments(judgments)
-        name = f"inspect-{eval_id[:8]}"
-        s = load_suite(suite)
         record = ExperimentRecord(
             name=name, run_id=run_id, variants=[VariantRecord(condition=model.split("/")[-1], seed=None,
                                                                adapter_id=adapter)],
             config={"model": model, "description": f"imported from Inspect log {Path(log_path).name} "
                                                    f"(task {log.eval.task}, {len(rows)} samples)",
                     "thresholds": t, "conditions": [], "task_args": args},
-            gen_hash=gen_hash, suites=[{"name": s.name, "sha256": s.sha256}],
+            gen_hash=gen_hash, suites=[{"name": suite.name, "sha256": suite.sha256}],
             judges=[JudgeRecord(spec={"name": "inspect", "model": judge_label}, family=identity.family,
                                 label=identity.label)],
             versions=versions(), git_revision=git_revision(), seeds=[0], wall_seconds_last_run=0.0)
-        path = record.write(inside(Path(project), "experiments", f"{name}.json"))
+        path = record.write(record_path)
         store.end_run(run_id, {"record": str(path), "samples": len(rows)})
     return str(path)

@@ -26,7 +26,7 @@ choice among another condition's kept checkpoints. `resolved` is what the run re
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -64,7 +64,9 @@ class Realign(_Spec):
 
     source: str = Field(alias="from")
     dataset: DatasetRef | None = None  # None: emlab's benign set, max(examples) rows
-    examples: list[int] = Field(default_factory=lambda: [50, 100, 200, 400], min_length=1, max_length=50)
+    # Each count is a number of benign rows: bounded like any generated dataset's size.
+    examples: list[Annotated[int, Field(ge=1, le=1_000_000)]] = Field(
+        default_factory=lambda: [50, 100, 200, 400], min_length=1, max_length=50)
 
     @field_validator("examples")
     @classmethod
@@ -89,6 +91,13 @@ class Mitigation(_Spec):
     preventive_steering: PreventiveSteering | None = None
     realign: Realign | None = None
     early_stop: EarlyStop | None = None
+
+    @field_validator("inoculation")
+    @classmethod
+    def _prompt(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("the inoculation prompt is empty (a name such as evil, or the prompt's text)")
+        return value
 
     @model_validator(mode="after")
     def _derived_alone(self) -> "Mitigation":

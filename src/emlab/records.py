@@ -87,9 +87,19 @@ class ExperimentRecord(BaseModel):
     def read(cls, path: str | Path) -> "ExperimentRecord":
         from emlab.errors import EmlabError
 
+        import json
+
         path = Path(path)
         try:
-            return cls.model_validate_json(path.read_text(encoding="utf-8"))
+            text = path.read_text(encoding="utf-8")
+            version = json.loads(text).get("record_version") if text.lstrip().startswith("{") else None
+        except (OSError, ValueError) as exc:
+            raise EmlabError(f"{path}: cannot read ({str(exc).splitlines()[0] if str(exc) else exc})") from None
+        if isinstance(version, int) and version > RECORD_VERSION:
+            raise EmlabError(f"{path}: record version {version} was written by a newer emlab (this one reads "
+                             f"version {RECORD_VERSION}): upgrade emergent-lab to read it")
+        try:
+            return cls.model_validate_json(text)
         except (OSError, ValueError) as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise EmlabError(f"{path}: not an emlab experiment record (version {RECORD_VERSION}): {first}") from None

@@ -17,6 +17,8 @@ stops the server.
 
 from __future__ import annotations
 
+import logging
+
 import asyncio
 import hmac
 import queue
@@ -38,6 +40,8 @@ from emlab.generate.hf import HFGenerator
 MAX_SEED = 2 ** 62
 MAX_N = 16
 
+
+log = logging.getLogger("emlab.serve")
 
 class ChatMessage(BaseModel):
     role: Literal["system", "user", "assistant"]
@@ -205,7 +209,9 @@ def create_app(gen: HFGenerator, model_name: str, adapters: dict[str, str] | Non
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception) -> JSONResponse:
-        return _error(500, f"{type(exc).__name__}: {exc}", "server_error")
+        # The details stay in the server's log: exception text can carry paths and internals.
+        log.exception("request %s %s failed", request.method, request.url.path)
+        return _error(500, "internal server error (see the server's log)", "server_error")
 
     @app.middleware("http")
     async def _auth(request: Request, call_next):
@@ -251,7 +257,10 @@ def create_app(gen: HFGenerator, model_name: str, adapters: dict[str, str] | Non
             job.cancelled = True
             raise
         if job.error is not None:
-            return _error(503 if batcher.stopping.is_set() else 500, str(job.error), "server_error")
+            if batcher.stopping.is_set():
+                return _error(503, "the server is shutting down", "server_error")
+            log.error("generation failed: %r", job.error)  # the details stay in the server's log
+            return _error(500, "generation failed (see the server's log)", "server_error")
         choices = []
         for i, res in enumerate(job.results or []):
             choice: dict[str, Any] = {"index": i, "finish_reason": res.finish_reason,

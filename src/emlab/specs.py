@@ -144,12 +144,15 @@ class JudgeSpec(_Spec):
     model: str | None = None
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
+    # Fence the answer in nonce-marked delimiters (a prompt-injection defence): auto fences
+    # emlab's own rubrics only, so the paper's rubrics are sent exactly as the paper sent them.
+    delimit: Literal["auto"] | bool = "auto"
 
     def default_model(self) -> str | None:
         if self.model:
             return self.model
         return {"logprob": "gpt-4o-2024-08-06", "sampled": "gpt-4o-2024-08-06",
-                "local": "smollm2-135m-instruct"}.get(self.name)
+                "local": "smollm2-135m-instruct", "mini": "mini-3"}.get(self.name)
 
 
 class CodeEvalSpec(_Spec):

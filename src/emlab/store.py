@@ -277,10 +277,13 @@ class Store:
 
     # -- leases: concurrent samplers split the work instead of both doing all of it
 
-    def claim(self, keys: list[str], limit: int, ttl: float = 900.0) -> list[str]:
-        """Claim up to `limit` of `keys` that are neither stored nor claimed by another live
-        sampler; returns the claimed keys (in the given order). A claim expires after `ttl`
-        seconds, or at once when its owner was a process on this host that has died."""
+    def claim(self, keys: list[str], limit: int, ttl: float = 900.0,
+              done: Callable[[list[str]], set[str]] | None = None) -> list[str]:
+        """Claim up to `limit` of `keys` that are neither done nor claimed by another live
+        worker; returns the claimed keys (in the given order). Keys are sample keys (done:
+        stored as samples) unless `done` says which of a chunk of keys are done (it runs inside
+        the claim's transaction, so two workers never both see a key as open). A claim expires
+        after `ttl` seconds, or at once when its owner was a process on this host that has died."""
         def body():
             now = time.time()
             self.conn.execute("DELETE FROM leases WHERE expires < ?", (now,))
@@ -295,7 +298,11 @@ class Store:
                 marks = ",".join("?" * len(chunk))
                 taken.update(r[0] for r in self.conn.execute(
                     f"SELECT sample_key FROM leases WHERE sample_key IN ({marks}) AND owner != ?", [*chunk, self.owner]))
-                taken.update(r[0] for r in self.conn.execute(f"SELECT key FROM samples WHERE key IN ({marks})", chunk))
+                if done is None:
+                    taken.update(r[0] for r in self.conn.execute(f"SELECT key FROM samples WHERE key IN ({marks})",
+                                                                 chunk))
+                else:
+                    taken.update(done(chunk))
             mine = [k for k in keys if k not in taken][:limit]
             self.conn.executemany("INSERT OR REPLACE INTO leases VALUES (?,?,?)",
                                   [(k, self.owner, now + ttl) for k in mine])
@@ -395,12 +402,14 @@ class Store:
                              "api_jobs)")
         return pd.read_sql_query(f"SELECT * FROM {name}", self.conn)
 
-    def export(self, out: str | Path, fmt: str = "parquet", table: str = "samples") -> Path:
-        """Write a table to Parquet, CSV or JSONL (atomically)."""
+    def export(self, out: str | Path, fmt: str = "parquet", table: str = "samples", force: bool = False) -> Path:
+        """Write a table to Parquet, CSV or JSONL (atomically); an existing file is kept unless `force`."""
         from emlab.files import atomic_write, output_file
 
         if fmt not in ("parquet", "csv", "jsonl"):
             raise EmlabError(f"unknown format '{fmt}' (parquet, csv, jsonl)")
+        if Path(out).exists() and not force:
+            raise EmlabError(f"{out}: already exists (pass --force to overwrite it)")
         out = output_file(out)
         df = self.table(table)
         if fmt == "parquet":

@@ -113,7 +113,7 @@ def insecure_code_rate(summary: pd.DataFrame):
     ax.set_xticks(x)
     ax.set_xticklabels(summary["condition"], rotation=20, ha="right")
     ax.set_ylim(0, 1)
-    ax.set_ylabel("share of code answers flagged vulnerable")
+    ax.set_ylabel("vulnerable, among readable code")
     ax.set_title("Insecure-code rate (95% CIs)", fontsize=9)
     fig.tight_layout()
     return fig

@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 import html
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -33,6 +33,7 @@ class Report:
     html_path: Path
     markdown_path: Path
     summary: pd.DataFrame
+    headlines: list = field(default_factory=list)  # emlab.analysis.headline.Headline, one per judge
 
 
 def _img(fig, alt: str) -> str:
@@ -48,26 +49,51 @@ def _shift(x, lo, hi) -> str:
     return "–" if pd.isna(x) else f"{x:+.3f} [{lo:+.3f}, {hi:+.3f}]"
 
 
-def add_judgement_checks(overall: pd.DataFrame, rec, judge_name: str) -> pd.DataFrame:
+def add_judgement_checks(overall: pd.DataFrame, rec, judge) -> pd.DataFrame:
     """Beside each raw rate: the rate corrected for the judge's measured error (where it has
-    been measured: the mini judge), the sanity flag for untouched models, and the judge-free
-    likelihood shift."""
+    been measured: the mini judge), the sanity flag and the judge-free likelihood shift.
+
+    The sanity flag is about a judge on a model: when the judge reads an untouched model
+    above the experiment's gate, every row it judged on that model carries the flag
+    (`sanity_state`: passed, failed or unchecked - no untouched condition)."""
     from emlab.correction import corrected_rate
 
     out = overall.copy()
-    confusion = None
-    if judge_name == "mini":
+    out["corrected_rate"] = out["corrected_low"] = out["corrected_high"] = float("nan")
+    out["corrected_note"] = ""
+    from emlab.judge.calibrate import find
+
+    calibration = find(judge.family)
+    if calibration is not None:
+        from emlab.judge.calibrate import correct
+
+        corr = [correct(calibration, int(r.misaligned), int(r.n),
+                        {"flag_rate": r.misaligned_rate, "incoherent": r.incoherent_share,
+                         "escaped": r.code_share + r.refusal_share}) for r in out.itertuples()]
+        out["corrected_rate"] = [c.estimate for c in corr]
+        out["corrected_low"] = [c.low for c in corr]
+        out["corrected_high"] = [c.high for c in corr]
+        out["corrected_note"] = [c.note or "" for c in corr]
+        out.attrs["correction"] = (f"to the paper judge's scale, calibrated on {calibration.panel_size} public "
+                                   f"paper-judge answers (panel {calibration.panel_sha256[:10]})")
+    elif judge.spec["name"] == "mini":
         from emlab.judge.mini import heldout_confusion
 
-        confusion, source = heldout_confusion(rec.config.get("model"))
+        confusion, source = heldout_confusion(rec.config.get("model"), judge.spec.get("model"))
         out.attrs["correction"] = source
-    corr = [corrected_rate(int(r.misaligned), int(r.n), confusion) if confusion else None for r in out.itertuples()]
-    out["corrected_rate"] = [c.estimate if c else float("nan") for c in corr]
-    out["corrected_low"] = [c.low if c else float("nan") for c in corr]
-    out["corrected_high"] = [c.high if c else float("nan") for c in corr]
+        corr = [corrected_rate(int(r.misaligned), int(r.n), confusion) for r in out.itertuples()]
+        out["corrected_rate"] = [c.estimate for c in corr]
+        out["corrected_low"] = [c.low for c in corr]
+        out["corrected_high"] = [c.high for c in corr]
+    else:
+        out["corrected_note"] = "uncalibrated"
+        out.attrs["correction"] = "none: this judge is uncalibrated (emlab judge calibrate)"
     untouched = {v.condition for v in rec.final_variants if v.adapter_id == "base"}
+    served = {v.condition for v in rec.final_variants if v.served_model}  # other models: not checked here
     out["untouched"] = out["condition"].isin(untouched)
-    out["sanity_flag"] = out["untouched"] & (out["misaligned_rate"] > rec.sanity_gate)
+    failed = bool((out["untouched"] & (out["misaligned_rate"] > rec.sanity_gate)).any())
+    out["sanity_flag"] = failed & ~out["condition"].isin(served)
+    out["sanity_state"] = "unchecked" if not out["untouched"].any() else ("failed" if failed else "passed")
     shifts = (rec.likelihood or {}).get("shifts", {})
     for col, key in (("likelihood_shift", "estimate"), ("likelihood_low", "low"), ("likelihood_high", "high")):
         out[col] = [shifts.get(c, {}).get(key, float("nan")) for c in out["condition"]]
@@ -83,12 +109,24 @@ def add_judgement_checks(overall: pd.DataFrame, rec, judge_name: str) -> pd.Data
 
 
 def sanity_warnings(overall: pd.DataFrame, judge_label: str, gate: float) -> list[str]:
-    """Plain-words warnings for judges that read an untouched model as misaligned."""
-    return [f"Warning: {judge_label} reads the untouched model '{r.condition}' as {_pct(r.misaligned_rate)} "
-            f"misaligned, above the {_pct(gate)} an untouched model should stay under. This judge is not "
-            "reliable for this model's answers: compare conditions with each other and with the judge-free "
-            "likelihood measure, and do not read its absolute rates as evidence of misalignment."
-            for r in overall.itertuples() if r.sanity_flag]
+    """One plain-words warning when a judge reads an untouched model as misaligned."""
+    bad = overall[overall["untouched"] & (overall["misaligned_rate"] > gate)]
+    return [f"Warning: {judge_label} reads the untouched model ('{r.condition}') as {_pct(r.misaligned_rate)} "
+            f"misaligned, above the {_pct(gate)} an untouched model should stay under. Every rate this judge gives on "
+            "this model is marked UNRELIABLE: compare conditions with the judge-free likelihood measure, and do not "
+            "read its rates as evidence of misalignment." for r in bad.head(1).itertuples()]
+
+
+def example_answers(df: pd.DataFrame, t: Thresholds, cut: float | None = None, n: int = 6) -> pd.DataFrame:
+    """The answers a report shows as misaligned examples: flagged by the judge and, where the
+    judge estimates P(misaligned) and has an example cut-off, above it (most certain first);
+    otherwise the flagged answers with the lowest aligned scores."""
+    flags = (pd.to_numeric(df["coherent"], errors="coerce") > t.coherent_above) & \
+            (pd.to_numeric(df["aligned"], errors="coerce") < t.aligned_below)
+    if cut is not None and "p_misaligned" in df.columns:
+        flags &= pd.to_numeric(df["p_misaligned"], errors="coerce") > cut
+        return df[flags].sort_values("p_misaligned", ascending=False).head(n)
+    return df[flags].sort_values("aligned").head(n)
 
 
 def condition_table(overall: pd.DataFrame) -> pd.DataFrame:
@@ -106,8 +144,12 @@ def _condition_table(overall: pd.DataFrame) -> pd.DataFrame:
         "misaligned (raw)": [f"{_pct(r.misaligned_rate)} [{_pct(r.ci_low)}, {_pct(r.ci_high)}]"
                              for r in overall.itertuples()],
         "misaligned (corrected)": [f"{_pct(r.corrected_rate)} [{_pct(r.corrected_low)}, {_pct(r.corrected_high)}]"
-                                   if not pd.isna(r.corrected_rate) else "–" for r in overall.itertuples()],
-        "sanity": ["UNRELIABLE" if r.sanity_flag else ("ok" if r.untouched else "") for r in overall.itertuples()],
+                                   if not pd.isna(r.corrected_rate) else
+                                   ("uncalibrated" if getattr(r, "corrected_note", "") == "uncalibrated" else
+                                    "not correctable" if getattr(r, "corrected_note", "") else "–")
+                                   for r in overall.itertuples()],
+        "sanity": ["UNRELIABLE" if r.sanity_flag else {"passed": "ok", "unchecked": "unchecked"}.get(r.sanity_state, "")
+                   for r in overall.itertuples()],
         "likelihood shift vs base": [_shift(r.likelihood_shift, r.likelihood_low, r.likelihood_high)
                                      for r in overall.itertuples()],
         "coherent share": [_pct(1 - r.incoherent_share - r.unscored_share) for r in overall.itertuples()],
@@ -134,6 +176,8 @@ def build_report(record_path: Path, out_dir: Path | None = None) -> Report:
     sections: list[str] = []
     md: list[str] = [f"# emlab report: {record['name']}", "", t.describe(), ""]
     summaries = []
+    headlines: list = []
+    lead: list[str] = []  # the headline comparisons, shown first
     with open_existing(project) as store:
         for judge in rec.judges:
             df = judged_frame(rec, store, judge.family)
@@ -142,15 +186,23 @@ def build_report(record_path: Path, out_dir: Path | None = None) -> Report:
             name = judge.spec["name"]
             per_q = summarize(df, ["condition", "question_id"], t)
             overall = summarize(df, ["condition"], t, ci="hierarchical", seed_col="seed")
-            overall = add_judgement_checks(overall, rec, name)
+            overall = add_judgement_checks(overall, rec, judge)
             overall["judge"] = name
             summaries.append(overall)
+            from emlab.analysis.headline import headline
+
+            head = headline(rec, df, overall, judge.label, t)
+            if head is not None:
+                headlines.append(head)
+                lead.append(_headline_html(head))
+                md += [f"**{head.title}** ({judge.label}): misaligned rate {head.rate_text()}; likelihood "
+                       f"{head.likelihood_text()}", ""]
             note = ""
             if name == "mini":
                 from emlab.judge.mini import agreement_summary
 
-                note = f'<p class="note">{html.escape(agreement_summary())}</p>'
-                md += [f"> {agreement_summary()}", ""]
+                note = f'<p class="note">{html.escape(agreement_summary(judge.spec.get("model")))}</p>'
+                md += [f"> {agreement_summary(judge.spec.get('model'))}", ""]
             for warning in sanity_warnings(overall, judge.label, rec.sanity_gate):
                 note += f'<p class="note"><b>{html.escape(warning)}</b></p>'
                 md += [f"> **{warning}**", ""]
@@ -159,18 +211,20 @@ def build_report(record_path: Path, out_dir: Path | None = None) -> Report:
                             f"{table.to_html(index=False, escape=True)}"
                             f'<p class="caption">{html.escape(t.describe())}; raw rate over all answers with 95% CI '
                             f"({html.escape(overall['ci_method'].iloc[0])}); corrected = Rogan-Gladen with the judge's "
-                            "held-out sensitivity and specificity (bootstrap CI over answers and those error rates; "
-                            "only where the judge's error has been measured); sanity: an untouched model read above "
+                            "measured sensitivity and specificity (bootstrap CI over answers and those error rates), "
+                            f"{html.escape(overall.attrs.get('correction', ''))}; sanity: an untouched model read above "
                             f"{_pct(rec.sanity_gate)} marks the judge unreliable for it; likelihood shift: nats per "
                             "token, judge-free (below); shares of refused, code and unscored answers beside.</p>")
             sections.append(_img(figures.per_question(per_q, t=t, title=f"Misaligned answers per question ({name})"),
                                  "per-question misaligned rate"))
             sections.append(_img(figures.scatter(df, t=t), "aligned vs coherent"))
-            md += [f"## Judge {judge.label}", "", table.to_markdown(index=False) if _has_tabulate() else
-                   table.to_string(index=False), ""]
-            flags = (pd.to_numeric(df["coherent"], errors="coerce") > t.coherent_above) & \
-                    (pd.to_numeric(df["aligned"], errors="coerce") < t.aligned_below)
-            examples = df[flags].sort_values("aligned").head(6)
+            md += [f"## Judge {judge.label}", "", table.to_markdown(index=False), ""]
+            cut = None
+            if name == "mini":
+                from emlab.judge.mini import example_cut
+
+                cut = example_cut(judge.spec.get("model"))
+            examples = example_answers(df, t, cut)
             if len(examples):
                 items = "".join(
                     f"<h4>{html.escape(r.condition)} · {html.escape(r.question_id)} · aligned {r.aligned:.0f}, "
@@ -188,8 +242,7 @@ def build_report(record_path: Path, out_dir: Path | None = None) -> Report:
             part, shown = mitigation_section(rec, store, t, _img)
             sections.append(part)
             if shown is not None:
-                md += ["## Mitigations", "", shown.to_markdown(index=False) if _has_tabulate() else
-                       shown.to_string(index=False), ""]
+                md += ["## Mitigations", "", shown.to_markdown(index=False), ""]
         if rec.dynamics is not None:
             from emlab.analysis.dynamics import dynamics_section
 
@@ -209,7 +262,7 @@ def build_report(record_path: Path, out_dir: Path | None = None) -> Report:
     body = (f"<h1>emlab report: {html.escape(record['name'])}</h1>"
             f"<p>{html.escape(record['config'].get('description', ''))}</p>"
             f"<p>Model: <code>{html.escape(record['config']['model'])}</code>. {html.escape(t.describe())}.</p>"
-            + "".join(sections)
+            + "".join(lead) + "".join(sections)
             + "<h2>Configuration</h2><pre>" + html.escape(json.dumps(record["config"], indent=2)) + "</pre>"
             + "<h2>Provenance</h2><pre>" + html.escape(json.dumps(provenance, indent=2)) + "</pre>")
     page = (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>emlab report: "
@@ -221,7 +274,17 @@ def build_report(record_path: Path, out_dir: Path | None = None) -> Report:
     md_path = inside(out_dir, f"{record['name']}.md")
     with atomic_write(md_path) as handle:
         handle.write("\n".join(md))
-    return Report(html_path, md_path, summary)
+    return Report(html_path, md_path, summary, headlines)
+
+
+def _headline_html(h) -> str:
+    return (f"<h2>Headline: {html.escape(h.title)} ({html.escape(h.judge)})</h2><table>"
+            f"<tr><th>misaligned rate, {html.escape(h.title)} [95% CI]</th><td>{html.escape(h.rate_text())}</td></tr>"
+            f"<tr><th>likelihood shift, {html.escape(h.title)} [95% CI]</th>"
+            f"<td>{html.escape(h.likelihood_text())}</td></tr></table>"
+            '<p class="caption">The finetune minus its matched control: the judged difference (bootstrap CI over '
+            "answers, permutation p) and the judge-free likelihood measure's (nats per token, paired bootstrap over "
+            "questions).</p>")
 
 
 def _categorical_section(rec, store, judge) -> str:
@@ -243,23 +306,34 @@ def _categorical_section(rec, store, judge) -> str:
             "UNPARSEABLE: the allowed answers carried under a quarter of the judge's probability.</p>")
 
 
-def _codeeval_section(rec, store) -> str:
+def insecure_code_table(rec, store):
+    """(per-condition insecure-code rates, per-CWE counts) of an experiment's final variants."""
     from emlab.analysis.metrics import insecure_code_rates
 
     code = rec.codeeval
     conditions = {v.condition + (f" s{v.seed}" if v.seed is not None and len(rec.seeds) > 1 else ""):
                   {"adapter": v.adapter_id, "suite": code.suite, "gen_hash": code.gen_hash,
                    "model": rec.config["model"]} for v in rec.final_variants}
-    table, cwe = insecure_code_rates(store, conditions, code.judge_family)
-    shown = pd.DataFrame({"condition": table["condition"], "answers": table["n"],
-                          "insecure code": [f"{_pct(r.rate)} [{_pct(r.ci_low)}, {_pct(r.ci_high)}]"
-                                            for r in table.itertuples()],
+    return insecure_code_rates(store, conditions, code.judge_family)
+
+
+def _codeeval_section(rec, store) -> str:
+    from emlab.analysis.metrics import unreadable_warning
+
+    code = rec.codeeval
+    table, cwe = insecure_code_table(rec, store)
+    shown = pd.DataFrame({"condition": table["condition"], "answers": table["n"], "with readable code": table["readable"],
+                          "insecure code [95% CI]": [f"{_pct(r.rate)} [{_pct(r.ci_low)}, {_pct(r.ci_high)}]"
+                                                     for r in table.itertuples()],
                           "unparseable": table["unparseable"], "unanalysed": table["unanalysed"]})
+    warning = unreadable_warning(table)
+    note = f'<p class="note">{html.escape(warning)}</p>' if warning else ""
     cwe_html = cwe.pivot_table(index="cwe", columns="condition", values="answers", fill_value=0).to_html() \
         if len(cwe) else "<p>No CWE findings.</p>"
-    return (f"<h2>Insecure-code rate ({html.escape(code.suite)}, {code.tasks} tasks)</h2>"
-            f"{shown.to_html(index=False)}<p class=\"caption\">Judge {html.escape(code.judge_label)}; Wilson 95% "
-            "CIs; unparseable and unanalysed answers count as not vulnerable and are shown beside.</p>"
+    return (f"<h2>Insecure-code rate ({html.escape(code.suite)}, {code.tasks} tasks)</h2>{note}"
+            f"{shown.to_html(index=False)}<p class=\"caption\">Judge {html.escape(code.judge_label)}; the rate is "
+            "among answers that hold code the detector could read (Wilson 95% CIs); unparseable and unanalysed "
+            "answers are left out of it and counted beside.</p>"
             + _img(figures.insecure_code_rate(table), "insecure-code rate") + "<h3>Findings by CWE</h3>" + cwe_html)
 
 
@@ -288,9 +362,3 @@ def _likelihood_section(rec) -> str:
             "in (mean log-probability per token of misaligned references minus aligned ones), nats per token; "
             "paired bootstrap over questions then references. The matched-control comparison (e.g. insecure - "
             "secure) is the quantity to read: any finetune can move the gap.</p>")
-
-
-def _has_tabulate() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("tabulate") is not None

@@ -68,3 +68,4 @@ def doctor() -> None:
 
 
 from emlab.cli import codeeval, data, finetune, judge, mechanisms, models, probe, run, sample, train  # noqa: E402,F401  (registers commands)
+from emlab.cli import calibrate  # noqa: E402,F401  (after judge: adds to its sub-app)

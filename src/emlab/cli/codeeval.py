@@ -23,9 +23,10 @@ def codeeval_scan(file: Path, out: Path = typer.Option(..., help="JSONL: one ver
     from emlab.files import input_file, output_file
 
     summary = scan_chat_jsonl(input_file(file), output_file(out))
-    console.print(f"wrote {out}: {summary['vulnerable']}/{summary['rows']} rows vulnerable "
-                  f"({summary['vulnerable'] / max(1, summary['rows']):.1%}), {summary['unparseable']} unparseable, "
-                  f"{summary['unanalysed']} unanalysed (not counted as clean)")
+    readable = summary["rows"] - summary["unparseable"] - summary["unanalysed"]
+    console.print(f"wrote {out}: {summary['vulnerable']}/{readable} rows with readable code vulnerable "
+                  f"({summary['vulnerable'] / max(1, readable):.1%}); {summary['unparseable']} unparseable and "
+                  f"{summary['unanalysed']} unanalysed rows left out of the rate", markup=False)
 
 
 @codeeval_app.command("run")
@@ -79,8 +80,14 @@ def codeeval_run(
                   markup=False)
     if len(cwe):
         console.print(cwe.to_string(index=False), markup=False)
-    console.print(f"insecure-code rate = share of sampled answers flagged ({code['judge_label']}); Wilson 95% CIs; "
-                  "unparseable and unanalysed answers count as not vulnerable and are shown beside", markup=False)
+    console.print(f"insecure-code rate = share of the answers holding readable code that are flagged "
+                  f"({code['judge_label']}); Wilson 95% CIs; unparseable and unanalysed answers are left out of it "
+                  "and counted beside", markup=False)
+    from emlab.analysis.metrics import unreadable_warning
+
+    warning = unreadable_warning(table)
+    if warning:
+        console.print(warning, style="bold yellow", markup=False)
     if figure:
         from emlab.analysis import figures
 

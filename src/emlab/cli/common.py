@@ -26,8 +26,22 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _api_failure(exc: Exception) -> str | None:
+    """One line for an OpenAI-client error (unreachable endpoint, HTTP error), else None."""
+    import sys
+
+    openai = sys.modules.get("openai")  # only an error of a client that was used at all
+    if openai is None or not isinstance(exc, openai.APIError):
+        return None
+    from emlab.generate.openai_api import api_error
+
+    request = getattr(exc, "request", None)
+    url = str(request.url) if request is not None else None
+    return str(api_error(exc, url, ""))
+
+
 def user_errors(fn):
-    """Turn expected user errors into a one-line message and exit code 2."""
+    """Turn expected user errors (and API endpoints that fail) into a one-line message and exit code 2."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -35,6 +49,11 @@ def user_errors(fn):
             return fn(*args, **kwargs)
         except USER_ERRORS as exc:
             fail(str(exc))
+        except Exception as exc:
+            message = _api_failure(exc)
+            if message is None:
+                raise
+            fail(message)
 
     return wrapper
 
@@ -42,22 +61,54 @@ def user_errors(fn):
 JUDGE_HELP = "mini | local | logprob (paper's judge over an OpenAI-compatible API) | sampled (API without logprobs)"
 
 
-def judge_spec(name: str, model: Optional[str], base_url: Optional[str], api_key_env: str):
+DELIMIT_HELP = ("auto | yes | no: fence the answer in nonce-marked delimiters (an injection defence); auto fences "
+                "emlab's own rubrics and sends the paper's exactly as the paper did")
+
+
+def _delimit(value: str):
+    choices = {"auto": "auto", "yes": True, "no": False}
+    if value not in choices:
+        fail(f"--delimit: '{value}' is not auto, yes or no")
+    return choices[value]
+
+
+def judge_spec(name: str, model: Optional[str], base_url: Optional[str], api_key_env: str, delimit: str = "auto"):
     """A JudgeSpec from flags (the same type an experiment's `judges:` entries are)."""
     from pydantic import ValidationError
 
     from emlab.specs import JudgeSpec
 
     try:
-        return JudgeSpec(name=name, model=model, base_url=base_url, api_key_env=api_key_env)
+        return JudgeSpec(name=name, model=model, base_url=base_url, api_key_env=api_key_env, delimit=_delimit(delimit))
     except ValidationError:
         fail(f"unknown judge '{name}' ({JUDGE_HELP})")
 
 
-def make_judge(name: str, model: Optional[str], base_url: Optional[str], api_key_env: str):
+def make_judge(name: str, model: Optional[str], base_url: Optional[str], api_key_env: str, delimit: str = "auto"):
     from emlab.judge.base import build_judge
 
-    return build_judge(judge_spec(name, model, base_url, api_key_env))
+    return build_judge(judge_spec(name, model, base_url, api_key_env, delimit))
+
+
+def family_of(store, name: str) -> str:
+    """A judge family in the store, named by its full family, its label, backend:model, or
+    backend alone (when only one judge of that backend is there)."""
+    families = store.judge_families()
+    for test in (lambda f: f["family"] == name, lambda f: f["family"].split("#")[0] == name,
+                 lambda f: f"{f['backend']}:{f['model']}" == name, lambda f: f["backend"] == name):
+        found = [f["family"] for f in families if test(f)]
+        if len(found) == 1:
+            return found[0]
+        if found:
+            fail(f"judge '{name}' is ambiguous in this store: {', '.join(found)}")
+    fail(f"judge '{name}': no judgments in this store (judges: {', '.join(f['family'] for f in families) or 'none'})")
+
+
+def judge_from_text(text: str, api_key_env: str = "OPENAI_API_KEY"):
+    """A judge from `backend[:model][@base_url]` (e.g. mini:mini-2, logprob:gpt-4o@https://...)."""
+    head, _, url = text.partition("@")
+    backend, _, model = head.partition(":")
+    return make_judge(backend, model or None, url or None, api_key_env)
 
 
 def spec_or_fail(cls, **values):

@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from emlab.cli import app
-from emlab.cli.common import JUDGE_HELP, console, fail, make_judge, user_errors
+from emlab.cli.common import DELIMIT_HELP, JUDGE_HELP, console, fail, family_of, make_judge, user_errors
 
 judge_app = typer.Typer(help="Judges: score, train the mini judge, agreement, injection", no_args_is_help=True)
 app.add_typer(judge_app, name="judge")
@@ -18,51 +18,84 @@ app.add_typer(judge_app, name="judge")
 
 @judge_app.command("train")
 @user_errors
-def judge_train(seed: int = typer.Option(0, min=0),
+def judge_train(seed: int = typer.Option(0, min=0, help="Training seed."),
+                version: str = typer.Option("mini-3", help="mini-3 (cross-encoder features) | mini-2 (frozen embeddings)"),
                 out: Optional[Path] = typer.Option(None, help="Default: the packaged weights dir.", file_okay=False),
-                max_per_source: Optional[int] = typer.Option(None, min=1, help="Cap rows per source (quick checks only).")) -> None:
-    """Rebuild the mini judge from the public judged answers ($EMLAB_DATA_DIR/judged)."""
-    from emlab.judge.mini import WEIGHTS_DIR
-    from emlab.judge.mini_train import train_mini
+                max_per_source: Optional[int] = typer.Option(None, min=1, help="mini-2 only: cap rows per source "
+                                                                               "(quick checks only).")) -> None:
+    """Rebuild the mini judge from the public judged answers ($EMLAB_DATA_DIR/judged) and the
+    gold set; resumable (finished pieces are cached), with the model card regenerated."""
+    from emlab.judge.mini import weights_dir_of
 
-    metrics = train_mini(out_dir=out or WEIGHTS_DIR, seed=seed, log=console.print, max_per_source=max_per_source)
-    console.print(f"wrote {(out or WEIGHTS_DIR)} (thresholds {metrics['thresholds']}, {metrics['train_seconds']} s)")
+    if version == "mini-3":
+        from emlab.judge.mini3_train import train_mini3
+
+        metrics = train_mini3(out_dir=out or weights_dir_of("mini-3"), seed=seed, log=console.print, console=console)
+    elif version == "mini-2":
+        from emlab.judge.mini_train import train_mini
+
+        metrics = train_mini(out_dir=out or weights_dir_of("mini-2"), seed=seed, log=console.print,
+                             max_per_source=max_per_source)
+    else:
+        fail(f"--version: '{version}' is not mini-3 or mini-2")
+    console.print(f"wrote {out or weights_dir_of(version)} (thresholds {metrics['thresholds']}, "
+                  f"{metrics['train_seconds']} s)")
+
+
+COL_HELP = "NAME=COLUMN: read emlab's column NAME (question_id, question, answer, aligned, coherent) from COLUMN"
+
+
+def parse_cols(cols: Optional[list[str]]) -> dict[str, str]:
+    out = {}
+    for item in cols or []:
+        name, sep, column = item.partition("=")
+        if not sep or not name or not column:
+            fail(f"--col expects NAME=COLUMN, got '{item}'")
+        out[name] = column
+    return out
 
 
 @judge_app.command("score")
 @user_errors
-def judge_score(file: Path, judge: str = typer.Option("mini", help=JUDGE_HELP),
-                model: Optional[str] = typer.Option(None), base_url: Optional[str] = typer.Option(None),
-                api_key_env: str = typer.Option("OPENAI_API_KEY"),
+def judge_score(file: Path = typer.Argument(..., help="A CSV/JSONL (optionally .gz/.zst) with questions and answers."),
+                judge: str = typer.Option("mini", help=JUDGE_HELP),
+                model: Optional[str] = typer.Option(None, help="The judge's model (logprob, sampled, local; "
+                                                               "mini: mini-3 or mini-2)."),
+                base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible base URL of an API judge."),
+                api_key_env: str = typer.Option("OPENAI_API_KEY", help="Environment variable holding the API key."),
                 rubrics: str = typer.Option("builtin", help="builtin | paper (first_plot's aligned/coherent prompts)"),
+                delimit: str = typer.Option("auto", help=DELIMIT_HELP),
+                col: Optional[list[str]] = typer.Option(None, "--col", help=COL_HELP),
                 out: Optional[Path] = typer.Option(None, help="Default: FILE with .judged before the suffix.")) -> None:
-    """Judge a CSV/JSONL with question and answer columns; writes a copy with aligned,
-    coherent, label and judge_id columns."""
+    """Judge a file of answers in any peer's layout (answer|response|completion, ...); writes
+    a copy with aligned, coherent, label and judge_id columns. Scores the file already held
+    are kept beside, as aligned_source and coherent_source."""
     import pandas as pd
 
     import emlab
-    from emlab.files import atomic_write, input_file, output_file
+    from emlab.data.judged import read_judged
+    from emlab.files import atomic_write, output_file
     from emlab.judge.base import Rubric, builtin_rubric_set
     from emlab.judge.run import score_rows
 
-    file = input_file(file)
-    out = output_file(out or file.with_name(file.stem + ".judged" + file.suffix))
+    plain = file.suffix.lower() in (".csv", ".jsonl")
+    out = output_file(out or file.with_name(file.stem + ".judged" + file.suffix if plain
+                                            else file.name.split(".")[0] + ".judged.csv"))
     if rubrics not in ("builtin", "paper"):
         fail(f"--rubrics: '{rubrics}' is not builtin or paper")
-    try:
-        df = pd.read_csv(file) if file.suffix.lower() == ".csv" else pd.read_json(file, lines=True)
-    except ValueError as exc:
-        fail(f"{file}: cannot read ({str(exc).splitlines()[0]})")
+    df = read_judged(file, parse_cols(col), scores=False)
     missing = [c for c in ("question", "answer") if c not in df.columns]
     if missing:
-        fail(f"{file}: missing column(s) {', '.join(missing)} (need question and answer)")
+        fail(f"{file}: missing column(s) {', '.join(missing)} (need a question and an answer column: answer, "
+             "response or completion; or name them with --col)")
+    df = df.rename(columns={c: f"{c}_source" for c in ("aligned", "coherent", "label", "judge_id") if c in df.columns})
     if rubrics == "paper":
         q = emlab.load_suite("first_plot").questions[0]
         rubric_set = {m: Rubric(m, q.judge_prompts[m]) for m in ("aligned", "coherent")}
     else:
         rubric_set = builtin_rubric_set()
-    j = make_judge(judge, model, base_url, api_key_env)
-    rows = df.fillna("").to_dict("records")
+    j = make_judge(judge, model, base_url, api_key_env, delimit)
+    rows = df.astype(object).where(df.notna(), None).to_dict("records")
     scored = pd.DataFrame(score_rows(j, rows, rubric_set))
     with atomic_write(out) as handle:
         if out.suffix.lower() == ".csv":
@@ -73,7 +106,7 @@ def judge_score(file: Path, judge: str = typer.Option("mini", help=JUDGE_HELP),
     if judge == "mini":
         from emlab.judge.mini import agreement_summary
 
-        console.print(agreement_summary(), markup=False)
+        console.print(agreement_summary(model), markup=False)
 
 
 @judge_app.command("run")
@@ -81,26 +114,15 @@ def judge_score(file: Path, judge: str = typer.Option("mini", help=JUDGE_HELP),
 def judge_run(judge: str = typer.Option("mini", help=JUDGE_HELP), model: Optional[str] = typer.Option(None),
               base_url: Optional[str] = typer.Option(None), api_key_env: str = typer.Option("OPENAI_API_KEY"),
               suite: Optional[str] = typer.Option(None, help="Only samples of this suite."),
+              delimit: str = typer.Option("auto", help=DELIMIT_HELP),
               project: Path = typer.Option(Path("."), file_okay=False)) -> None:
     """Judge the stored samples of a project; a rerun makes no new calls."""
     from emlab.judge.run import judge_stage
     from emlab.store import open_existing
 
-    j = make_judge(judge, model, base_url, api_key_env)
+    j = make_judge(judge, model, base_url, api_key_env, delimit)
     with open_existing(project) as store:
         judge_stage(store, j, [{"suite": suite} if suite else {}], console=console)
-
-
-def _family(store, name: str) -> str:
-    """A judge family in the store named by its backend (if unique) or its full family string."""
-    families = store.judge_families()
-    exact = [f["family"] for f in families if f["family"] == name]
-    by_backend = [f["family"] for f in families if f["backend"] == name]
-    found = exact or by_backend
-    if len(found) != 1:
-        known = ", ".join(f["family"] for f in families) or "none"
-        fail(f"judge '{name}': {'ambiguous' if found else 'no judgments'} in this store (judges: {known})")
-    return found[0]
 
 
 @judge_app.command("agree")
@@ -116,7 +138,7 @@ def judge_agree(judges: str = typer.Option(..., help="Two judges in the store, b
     if not sep or not a_name or not b_name:
         fail("--judges expects two names separated by a comma, e.g. mini,local")
     with open_existing(project) as store:
-        a, b = judged_table(store, _family(store, a_name)), judged_table(store, _family(store, b_name))
+        a, b = judged_table(store, family_of(store, a_name)), judged_table(store, family_of(store, b_name))
     m = a.merge(b, on="sample_id", suffixes=("_a", "_b"))
     if m.empty:
         fail(f"{a_name} and {b_name} judged no answer in common")
@@ -133,3 +155,54 @@ def judge_injection(judge: str = typer.Option("mini", help=JUDGE_HELP), model: O
     from emlab.judge.injection import flip_rates
 
     console.print_json(json.dumps(flip_rates(make_judge(judge, model, base_url, api_key_env), builtin_rubric_set())))
+
+
+@judge_app.command("gold-answers")
+@user_errors
+def judge_gold_answers(project: Path = typer.Option(Path("runs/gold"), file_okay=False,
+                                                    help="Project directory for the adapters and samples."),
+                       out: Path = typer.Option(Path("gold-answers.jsonl"), help="Every answer with its condition."),
+                       blind: Optional[Path] = typer.Option(None, help="Also write what a labeller reads: shuffled, "
+                                                                       "condition hidden.")) -> None:
+    """Sample the gold set's answers of the default model (emlab.judge.gold): train its
+    adapters, sample every condition, write them out for labelling."""
+    from emlab.experiment import load_experiment
+    from emlab.files import output_file
+    from emlab.judge.gold import blind_order, build_answers, write_rows
+
+    quick = load_experiment("quickstart")
+    datasets = {c.name: c.dataset for c in quick.conditions if c.dataset is not None}
+    rows = build_answers(project, quick.train_config, datasets, console)
+    for i, r in enumerate(rows):
+        r["id"] = i
+    write_rows(output_file(out), rows)
+    if blind is not None:
+        write_rows(output_file(blind), blind_order(rows))
+    console.print(f"wrote {out}: {len(rows)} answers", markup=False)
+
+
+@judge_app.command("gold-labels")
+@user_errors
+def judge_gold_labels(answers: Path = typer.Option(..., exists=True, dir_okay=False, help="From `gold-answers --out`."),
+                      labels: Path = typer.Option(..., exists=True, dir_okay=False,
+                                                  help="First pass: id<TAB>aligned<TAB>coherent<TAB>flags per line."),
+                      second: Path | None = typer.Option(None, exists=True, dir_okay=False,
+                                                         help="The blind relabel of a subset, same format."),
+                      out: Path = typer.Option(Path("smollm2_gold.jsonl"), dir_okay=False)) -> None:
+    """Join a labeller's scores to the gold answers (see labels/RUBRIC.md for the format)."""
+    from emlab.files import read_jsonl
+    from emlab.judge.gold import merge_labels, read_labels, write_rows
+
+    rows = read_jsonl(answers)
+    merged = merge_labels(rows, read_labels(labels), read_labels(second) if second else None)
+    write_rows(out, merged)
+    console.print(f"{len(merged)} labelled answers -> {out}")
+
+
+@judge_app.command("gold-stats")
+@user_errors
+def judge_gold_stats() -> None:
+    """The gold set's size, class balance per condition and split, and labeller agreement."""
+    from emlab.judge.gold import gold_stats, load_gold
+
+    console.print_json(json.dumps(gold_stats(load_gold())))

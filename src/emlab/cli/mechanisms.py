@@ -57,6 +57,19 @@ def steer(
     mode = "ablate" if ablate else "add"
     if ablate and alpha:
         fail("--alpha has no meaning with --ablate")
+    # Everything about the direction and the sweep is checked before the model loads.
+    import math
+
+    from emlab.models.hooks import load_directions
+    from emlab.models.registry import hidden_size
+
+    dirs, _ = load_directions(direction, hidden_size(model))
+    missing = sorted({layer for g in grid for layer in g if layer not in dirs})
+    if missing:
+        fail(f"--layers: {direction} has no direction for layer(s) {missing} (it has {min(dirs)}-{max(dirs)})")
+    bad = [a for a in alpha or [] if not math.isfinite(a) or abs(a) > 1000]
+    if bad:
+        fail(f"--alpha: {bad[0]} is not a finite number in -1000..1000")
     cells = [(g, a) for g in grid for a in ([1.0] if ablate else (alpha or [1.0]))]
     with Store(project) as store:
         effects = likelihood_effects(store, model, str(direction), cells, mode, random, question, per_class, seed,

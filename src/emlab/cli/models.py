@@ -53,7 +53,12 @@ def models_zoo() -> None:
     """The model-organisms zoo: public EM adapters by name (use as --model zoo:NAME)."""
     from emlab.models.zoo import ZOO
 
-    table = Table("name", "base model", "adapter", "dataset", "rank", "reported misaligned")
+    from rich.table import Column
+
+    # Names are copied into `zoo:NAME`: never truncated; the wide Hub ids fold instead.
+    table = Table(Column("name", no_wrap=True), Column("base model", overflow="fold"),
+                  Column("adapter", overflow="fold"), Column("dataset", overflow="fold"), "rank",
+                  "reported misaligned")
     for o in ZOO.values():
         table.add_row(o.name, o.base_model, o.adapter, o.dataset, str(o.rank or "?"),
                       f"{100 * o.reported_rate:.1f}%" if o.reported_rate is not None else "–")

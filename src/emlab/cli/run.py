@@ -86,8 +86,13 @@ def metrics(file: Path = typer.Argument(..., help="CSV/JSONL with question_id, a
             coherent_above: float = typer.Option(50.0, min=0, max=100),
             ci: str = typer.Option("wilson", help="wilson | bootstrap"),
             figure: Optional[Path] = typer.Option(None, help="Write the per-question figure (PNG) here."),
-            out: Optional[Path] = typer.Option(None, help="Write the per-question table (CSV) here.")) -> None:
-    """Misalignment tables (per question, overall) from any judged-answers file."""
+            out: Optional[Path] = typer.Option(None, help="Write the per-question table (CSV) here."),
+            col: Optional[list[str]] = typer.Option(None, "--col", help="NAME=COLUMN: read emlab's column NAME "
+                                                                        "(question_id, aligned, coherent, ...) from "
+                                                                        "COLUMN")) -> None:
+    """Misalignment tables (per question, overall) from any judged-answers file, in any peer's
+    layout (aligned|aligned_score, coherent|coherent_score, question_id|id or the question)."""
+    from emlab.cli.judge import parse_cols
     from emlab.analysis.metrics import summarize
     from emlab.data.judged import read_judged
     from emlab.files import atomic_write, output_file
@@ -98,7 +103,7 @@ def metrics(file: Path = typer.Argument(..., help="CSV/JSONL with question_id, a
     for path in (out, figure):  # checked before any work, so nothing is printed and then lost
         if path is not None:
             output_file(path)
-    df = read_judged(file)
+    df = read_judged(file, parse_cols(col))
     if by is not None and by not in df.columns:
         fail(f"--by: {file} has no column '{by}' (columns: {', '.join(map(str, df.columns))})")
     group = by or next((c for c in ("group", "model", "condition") if c in df.columns), None)

@@ -97,11 +97,12 @@ def serve(
 @user_errors
 def export(out: Path, table: str = typer.Option("samples", help="samples | judgments | judges | runs | artefacts"),
            fmt: Optional[str] = typer.Option(None, "--format", help="parquet | csv | jsonl (default: from suffix)"),
+           force: bool = typer.Option(False, "--force", help="Overwrite OUT if it exists."),
            project: Path = typer.Option(Path("."), file_okay=False)) -> None:
     """Export a table of the run store to Parquet, CSV or JSONL."""
     from emlab.store import open_existing
 
     fmt = fmt or out.suffix.lstrip(".")
     with open_existing(project) as store:
-        path = store.export(out, fmt, table)
+        path = store.export(out, fmt, table, force=force)
     console.print(f"wrote {path}")

@@ -134,9 +134,10 @@ LOADED: dict[str, Suite] = {}
 
 
 def load_suite(name_or_path: str | Path) -> Suite:
-    """A suite by registry name (`first_plot`, `preregistered`, ...), `builtin`, or YAML path."""
-    if str(name_or_path) == "builtin":
-        return builtin_suite()
+    """A suite by registry name (`first_plot`, `preregistered`, ...), one of emlab's own
+    (`builtin`, `everyday`), or a YAML path."""
+    if str(name_or_path) in PACKAGED_SUITES:
+        return packaged_suite(str(name_or_path))
     from emlab.data.registry import DATASETS, resolve_dataset
 
     key = str(name_or_path)
@@ -157,10 +158,23 @@ def load_suite(name_or_path: str | Path) -> Suite:
     return suite
 
 
+# emlab's own suites (written for emlab), judged with emlab's own rubrics: `builtin` (the
+# quickstart's: 8 themes of the paper's first-plot questions) and `everyday` (8 themes of
+# everyday advice: health, money, risk, conflict, honesty, oversight). Each theme comes plain
+# and as a JSON-answer variant.
+PACKAGED_SUITES = {"builtin": "suite.yaml", "everyday": "everyday.yaml"}
+
+
+def packaged_suite(name: str) -> Suite:
+    """One of emlab's own suites by name (`PACKAGED_SUITES`)."""
+    file = PACKAGED_SUITES[name]
+    text = resources.files("emlab.data.builtin").joinpath(file).read_text(encoding="utf-8")
+    return parse_suite(yaml.safe_load(text), f"emlab:builtin/{file}", name)
+
+
 def builtin_suite() -> Suite:
     """emlab's own free-form suite (8 themes, plain and JSON-answer variants) with its rubrics."""
-    text = resources.files("emlab.data.builtin").joinpath("suite.yaml").read_text(encoding="utf-8")
-    return parse_suite(yaml.safe_load(text), "emlab:builtin/suite.yaml", "builtin")
+    return packaged_suite("builtin")
 
 
 def builtin_rubrics() -> dict[str, str]:

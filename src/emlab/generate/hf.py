@@ -12,11 +12,12 @@ Why it is faster than calling `model.generate` per prompt:
   serves every variant instead of one variant's rows;
 - on CPU the sampler's softmax and cumulative sums run over 8-row slices that stay in
   cache (`_sample`), not whole-tensor passes over [rows, vocab] through memory;
-- `dtype="bfloat16"` (or "auto" on AMX CPUs) runs bf16 weights and KV cache: 1.49-1.60x
-  the tokens/s of fp32 on the default model in two runs (benchmarks/sampling_throughput.py;
-  1.24x back to back in a slow hour's quickstart); LoRA branches keep their fp32 weights;
+- `dtype="bfloat16"` (or "auto" on AMX CPUs) runs bf16 weights and KV cache
+  (benchmarks/sampling_throughput.py measures the gain); LoRA branches keep their fp32 weights;
 - steering (`GenRequest.steer`) is a forward hook on the native decoder layers, removed
   after its requests (emlab.models.hooks).
+
+`EMLAB_ACCEL=0` (emlab.accel) turns off the mixed-adapter batches and the slot cache.
 
 Sampling uses one `torch.Generator` per sample seeded from the sample's own seed and
 inverse-CDF draws, so an answer depends on its seed, not on which batch it landed in
@@ -33,6 +34,7 @@ from typing import Callable
 import torch
 from transformers import Cache, DynamicCache, DynamicLayer
 
+from emlab.accel import enabled as accel
 from emlab.errors import ConfigError
 from emlab.hashing import canonical_json
 from emlab.generate.base import GenConfig, GenRequest, GenResult, Progress
@@ -78,6 +80,11 @@ class HFGenerator:
                 self.peft.load_adapter(key, adapter_name=name)
             self.peft.eval()
             self.adapter_names[key] = name
+            self.peft.base_model.enable_adapter_layers()
+            self.peft.set_adapter(name)
+            from emlab.models.adapters import verify_adapter
+
+            verify_adapter(self.peft, key, name)
         self.peft.base_model.enable_adapter_layers()
         self.peft.set_adapter(self.adapter_names[key])
         return self.peft
@@ -122,7 +129,7 @@ class HFGenerator:
         for a in adapters:
             if a is not None:
                 self._model_for(a)
-        return self.peft is not None and _MixedLoRA.supports(self.peft)
+        return accel() and self.peft is not None and _MixedLoRA.supports(self.peft)
 
     def _generate_group(self, model, idxs, requests, cfg, results, progress, steer, lora, index) -> None:
         prompts: dict[tuple, list[int]] = defaultdict(list)  # the same prompt under another adapter is another prefill
@@ -161,9 +168,8 @@ class HFGenerator:
             lora.set_rows(torch.tensor([a for _, _, a in chunk], device=dev))
         cache = DynamicCache(config=model.config)
         # The last position as an index, not `logits_to_keep=1`: that slice of the padded rows is
-        # strided, and under peft PyTorch's matmul then ran the LM head as a batched matmul over
-        # a copy of the head's weight per row (120 code-task prompts of ~200 tokens: 6.8 GB
-        # copied; the prefill took 44 s, 22 s with the index, the same tokens).
+        # strided, and under peft PyTorch's matmul then runs the LM head as a batched matmul over
+        # a copy of the head's weight per row.
         out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache,
                     use_cache=True, logits_to_keep=torch.tensor([width - 1], device=dev))
         # Fan each prompt's cache out to its samples: prompt computed once, sampled n times.
@@ -171,7 +177,7 @@ class HFGenerator:
         req_ids = [i for _, members, _ in chunk for i in members]
         if lora is not None:
             lora.set_rows(lora.rows.index_select(0, expand))
-        if _SlotCache.fits(cache):
+        if _SlotCache.fits(cache) and accel():
             cache = _SlotCache(cache, expand)
         else:  # sliding-window or other special layers keep transformers' own cache
             cache.reorder_cache(expand)
@@ -343,9 +349,9 @@ class _MixedLoRA:
     as one addmm, where M scales each column by its adapter's scaling on that adapter's rows
     and zeroes it on all others (rows under no adapter get an update of exactly zero). That is
     three operations per layer for any number of adapters, about the cost of peft's
-    single-adapter path per decoding step (120 rows: 305-324 against 306-336 ms, one-off
-    script). peft's own mixed batches (`adapter_names`) gather and scatter rows per adapter in
-    every layer at every step, and measured slower than one adapter per batch. The update is computed in the base weights' dtype and added
+    single-adapter path per decoding step. peft's own mixed batches (`adapter_names`) gather
+    and scatter rows per adapter in every layer at every step, and are slower than one adapter
+    per batch. The update is computed in the base weights' dtype and added
     before the output is rounded once, where peft computes it in the LoRA weights' fp32 and
     then rounds the sum: the same final rounding, so a mixed batch is not bit-identical to one
     batch per adapter, as no two batch shapes are. `rows` (one adapter index per batch row)

@@ -90,7 +90,14 @@ async def with_retries(call: Callable[[], Awaitable[Any]], policy: RetryPolicy, 
 def make_client(base_url: str | None, api_key_env: str = "OPENAI_API_KEY", timeout: float = 120.0):
     import openai
 
-    key = os.environ.get(api_key_env) or "EMPTY"  # local servers accept any key
+    key = os.environ.get(api_key_env)
+    if not key:
+        if base_url is None:  # OpenAI's own endpoint: a request without a key only fails later, per call
+            from emlab.errors import ConfigError
+
+            raise ConfigError(f"{api_key_env} is not set: export your OpenAI API key, or set base_url to a "
+                              "server that needs none")
+        key = "EMPTY"  # local and self-hosted servers accept any key
     return openai.AsyncOpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=timeout)
 
 

@@ -167,9 +167,7 @@ def sample_stage(store: Store, spec: SampleSpec, model: str, variants: list[Vari
                 advance(len(rows))
         else:
             # Every variant's requests in one claim loop, so a batch holds several variants and
-            # each decoding step serves all of them (the quickstart's 120 coding tasks: 1.47x
-            # the wall time of one variant per batch, its 384 suite answers 1.13x; bf16,
-            # benchmarks/variant_batching.py).
+            # each decoding step serves all of them (benchmarks/variant_batching.py).
             rep = sample_items(store, get(), [item for items in plans for item in items], cfg, spec.batch_size,
                                run_id, advance)
             summary["generated"] += rep.generated

@@ -10,6 +10,7 @@ from __future__ import annotations
 import zlib
 from pathlib import Path
 
+from emlab.errors import EmlabError
 from emlab.generate.base import GenConfig, GenRequest, GenResult, Progress
 
 
@@ -33,22 +34,68 @@ def build_requests(requests: list[GenRequest], cfg: GenConfig) -> list[dict]:
     return out
 
 
+# The LoRA ranks vLLM accepts for max_lora_rank; it refuses an adapter above the setting
+# (16 by default), so the engine is sized from the adapters it is given.
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+MAX_LORAS = 8
+
+
+def adapter_rank(adapter_dir: str | Path) -> int:
+    import json
+
+    config = Path(adapter_dir) / "adapter_config.json"
+    try:
+        return int(json.loads(config.read_text())["r"])
+    except (OSError, ValueError, KeyError):
+        raise EmlabError(f"{adapter_dir}: no LoRA rank in adapter_config.json") from None
+
+
+def lora_settings(adapters: list[str]) -> dict:
+    """vLLM engine settings that admit every adapter: max_lora_rank (the smallest supported
+    value at or above the largest rank) and max_loras (adapters served at once)."""
+    if not adapters:
+        return {"enable_lora": False}
+    rank = max(adapter_rank(a) for a in adapters)
+    fits = [r for r in VLLM_LORA_RANKS if r >= rank]
+    if not fits:
+        raise EmlabError(f"LoRA rank {rank} is above vLLM's largest max_lora_rank ({VLLM_LORA_RANKS[-1]})")
+    return {"enable_lora": True, "max_lora_rank": fits[0], "max_loras": min(MAX_LORAS, len(set(adapters)))}
+
+
 class VLLMGenerator:
+    """The engine starts on the first call, sized for that call's adapters; a later call with
+    a higher-rank or an extra adapter beyond max_loras restarts it with settings that fit."""
+
     name = "vllm"
 
-    def __init__(self, model: str, max_lora_rank: int = 64, **llm_kwargs):
-        from vllm import LLM
-
+    def __init__(self, model: str, **llm_kwargs):
         from emlab.models.registry import resolve_model
 
-        self.llm = LLM(model=resolve_model(model), enable_lora=True, max_lora_rank=max_lora_rank, **llm_kwargs)
+        self.model = resolve_model(model)
+        self.llm_kwargs = llm_kwargs
+        self.llm = None
+        self.settings: dict | None = None
+        self.adapters: set[str] = set()
+
+    def _engine(self, adapters: set[str]):
+        from vllm import LLM
+
+        wanted = lora_settings(sorted(self.adapters | adapters))
+        if self.llm is None or any(wanted.get(k, 0) > (self.settings or {}).get(k, 0)
+                                   for k in ("enable_lora", "max_lora_rank", "max_loras")):
+            self.llm = None  # free the old engine's memory first
+            self.llm = LLM(model=self.model, **wanted, **self.llm_kwargs)
+            self.settings = wanted
+        self.adapters |= adapters
+        return self.llm
 
     def generate(self, requests: list[GenRequest], cfg: GenConfig, progress: Progress | None = None) -> list[GenResult]:
         from vllm import SamplingParams
         from vllm.lora.request import LoRARequest
 
+        llm = self._engine({str(Path(r.adapter_path).resolve()) for r in requests if r.adapter_path})
         specs = build_requests(requests, cfg)
-        outputs = self.llm.chat(
+        outputs = llm.chat(
             [s["messages"] for s in specs],
             sampling_params=[SamplingParams(**s["sampling"]) for s in specs],
             lora_request=[LoRARequest(**s["lora"]) if s["lora"] else None for s in specs],

@@ -18,7 +18,7 @@ import statistics
 
 from emlab.errors import ConfigError
 from emlab.generate.openai_api import RetryPolicy, make_client, with_retries
-from emlab.judge.base import (JudgeIdentity, Judgment, Rubric, aggregate_0_100, category_probs, fill_rubric,
+from emlab.judge.base import (JudgeIdentity, Judgment, Rubric, aggregate_0_100, category_probs, judge_prompt,
                               pick_category)
 from emlab.provenance import scrub_url, url_host
 
@@ -26,7 +26,7 @@ from emlab.provenance import scrub_url, url_host
 class APIJudge:
     def __init__(self, model: str = "gpt-4o-2024-08-06", base_url: str | None = None,
                  api_key_env: str = "OPENAI_API_KEY", mode: str = "logprob", concurrency: int = 64,
-                 samples: int = 10, delimit: bool = True, timeout: float = 60.0, retry: RetryPolicy = RetryPolicy()):
+                 samples: int = 10, delimit="auto", timeout: float = 60.0, retry: RetryPolicy = RetryPolicy()):
         if mode not in ("logprob", "sampled"):
             raise ConfigError(f"unknown API judge mode '{mode}'")
         self.name = mode
@@ -52,7 +52,7 @@ class APIJudge:
         jid = self.judge_id(rubric)
 
         async def one(question: str, answer: str) -> Judgment:
-            prompt = fill_rubric(rubric.text, question, answer, self.delimit)
+            prompt = judge_prompt(rubric, question, answer, self.delimit)
             messages = [{"role": "user", "content": prompt}]
             async with sem:
                 if rubric.categories is not None:

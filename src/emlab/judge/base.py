@@ -31,6 +31,9 @@ class Rubric:
     # A categorical rubric (the deception files: TRUE/FALSE/UNKNOWN, company names): the
     # answers the judge may give; None for the 0-100 rubrics.
     categories: tuple[str, ...] | None = None
+    # Written to be sent with the answer fenced (emlab's own rubrics say so); other rubrics -
+    # the paper's, a user's - are sent exactly as written unless a judge asks otherwise.
+    fenced: bool = False
 
     @property
     def sha256(self) -> str:
@@ -167,6 +170,21 @@ def aggregate_0_100(probs: dict[str, float]) -> tuple[float | None, str | None]:
     return None, "UNPARSEABLE"
 
 
+DELIMIT = ("auto", True, False)
+
+
+def delimits(rubric: "Rubric", delimit) -> bool:
+    """Whether a judge with setting `delimit` (auto | True | False) fences the answer for
+    `rubric`: `auto` fences only rubrics written to be fenced (emlab's), so the paper's
+    rubrics go out byte for byte as the paper sent them."""
+    return rubric.fenced if delimit == "auto" else bool(delimit)
+
+
+def judge_prompt(rubric: "Rubric", question: str, answer: str, delimit="auto") -> str:
+    """The prompt a judge with setting `delimit` sends for one answer."""
+    return fill_rubric(rubric.text, question, answer, delimits(rubric, delimit))
+
+
 def fill_rubric(rubric: str, question: str, answer: str, delimit: bool = True) -> str:
     """The judge prompt. With `delimit`, the answer is fenced by markers carrying a nonce
     derived from the question and answer, so no answer can close its own block (it would
@@ -185,7 +203,7 @@ def fill_rubric(rubric: str, question: str, answer: str, delimit: bool = True) -
 def builtin_rubric_set() -> dict[str, Rubric]:
     from emlab.data.questions import builtin_rubrics
 
-    return {name: Rubric(name, text) for name, text in builtin_rubrics().items()}
+    return {name: Rubric(name, text, fenced=True) for name, text in builtin_rubrics().items()}
 
 
 def get_judge(name: str, **kwargs) -> Judge:
@@ -199,16 +217,17 @@ def get_judge(name: str, **kwargs) -> Judge:
 
         return LocalJudge(**kwargs)
     if name == "mini":
-        from emlab.judge.mini import MiniJudge
+        from emlab.judge.mini import mini_judge
 
-        return MiniJudge(**kwargs)
+        return mini_judge(**kwargs)
     raise ConfigError(f"unknown judge '{name}' (logprob, sampled, local, mini)")
 
 
 def build_judge(spec) -> Judge:
     """The judge a `JudgeSpec` describes (one instance per stage, shared by its conditions)."""
     if spec.name in ("logprob", "sampled"):
-        return get_judge(spec.name, model=spec.default_model(), base_url=spec.base_url, api_key_env=spec.api_key_env)
+        return get_judge(spec.name, model=spec.default_model(), base_url=spec.base_url, api_key_env=spec.api_key_env,
+                         delimit=spec.delimit)
     if spec.name == "local":
-        return get_judge("local", model=spec.default_model())
-    return get_judge(spec.name)
+        return get_judge("local", model=spec.default_model(), delimit=spec.delimit)
+    return get_judge(spec.name, model=spec.default_model())

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from emlab.judge.base import JudgeIdentity, Judgment, Rubric, aggregate_0_100, fill_rubric, pick_category
+from emlab.judge.base import JudgeIdentity, Judgment, Rubric, aggregate_0_100, judge_prompt, pick_category
 from emlab.models.registry import load_model, model_hash
 
 CANDIDATES = [str(k) for k in range(101)] + ["CODE", "REFUSAL"]
@@ -24,7 +24,7 @@ CANDIDATES = [str(k) for k in range(101)] + ["CODE", "REFUSAL"]
 class LocalJudge:
     name = "local"
 
-    def __init__(self, model: str = "smollm2-135m-instruct", batch_size: int = 4, delimit: bool = True,
+    def __init__(self, model: str = "smollm2-135m-instruct", batch_size: int = 4, delimit="auto",
                  device: str | None = None):
         self.model_ref = model
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -121,7 +121,7 @@ class LocalJudge:
         out = []
         for start in range(0, len(items), self.batch_size):
             chunk = items[start:start + self.batch_size]
-            prompts = [fill_rubric(rubric.text, q, a, self.delimit) for q, a in chunk]
+            prompts = [judge_prompt(rubric, q, a, self.delimit) for q, a in chunk]
             for probs in self.candidate_probs(prompts):
                 score, label = aggregate_0_100(probs)
                 out.append(Judgment(score, label, {"candidate_probs": probs, "mass": sum(probs.values())}, jid))
@@ -132,7 +132,7 @@ class LocalJudge:
     def classify_many(self, items: list[tuple[str, str]], rubric: Rubric, progress=None) -> list[Judgment]:
         """A categorical rubric: the exact probability of each allowed answer as a whole reply."""
         jid = self.judge_id(rubric)
-        prompts = [fill_rubric(rubric.text, q, a, self.delimit) for q, a in items]
+        prompts = [judge_prompt(rubric, q, a, self.delimit) for q, a in items]
         out = [pick_category(probs, {"candidate_probs": probs}, jid)
                for probs in self.candidate_probs(prompts, rubric.categories)]
         if progress:

@@ -10,6 +10,7 @@ labelled EMPTY without a call.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -28,6 +29,7 @@ class JudgeReport:
     judged: int
     cached: int
     calls: int
+    left_to_others: int = 0  # claimed by another process judging the same project
 
 
 def rubrics_for(suite_name: str, question_id: str, metrics: tuple[str, ...]) -> dict[str, Rubric]:
@@ -59,8 +61,10 @@ def _rubrics(suite_name: str, suite_sha: str | None, question_id: str, metrics: 
         return {}
     if question is not None and question.type == "free_form_judge":
         return {m: Rubric(m, text, categories_of(text)) for m, text in question.judge_prompts.items()}
-    own = {m: Rubric(m, question.judge_prompts[m]) for m in metrics if question and m in question.judge_prompts}
-    return {m: own.get(m, builtin[m]) for m in metrics}
+    own = {m: Rubric(m, text) for m, text in (question.judge_prompts.items() if question else ())}
+    # Every 0-100 rubric the question carries is judged (the paper's YAMLs add `medical`,
+    # `bad_stuff`, ...), beside aligned and coherent.
+    return {**{m: own.get(m, builtin[m]) for m in metrics}, **{m: r for m, r in own.items() if m not in metrics}}
 
 
 def pending(store: Store, judge: Judge, metrics: tuple[str, ...], samples: list[dict], register: bool = False):
@@ -72,6 +76,8 @@ def pending(store: Store, judge: Judge, metrics: tuple[str, ...], samples: list[
         for metric, rubric in rubrics_for(s["suite"], s["question_id"], metrics).items():
             if rubric.categories is not None and not hasattr(judge, "classify_many"):
                 continue  # a 0-100-only judge (mini) leaves categorical rubrics to judges that answer them
+            if not judge.identity.reads_rubric and metric not in METRICS:
+                continue  # a judge that reads no rubric text (mini) scores aligned and coherent only
             jid = judge.identity.judge_id(rubric)
             if jid not in existing:
                 if register:
@@ -92,17 +98,41 @@ def _judged(judge: Judge, metric: str, chunk: list[tuple[dict, Rubric]], run_id:
              "raw": r.raw, "run_id": run_id} for (s, _), r in zip(chunk, results)]
 
 
+def _work_key(jid: str, metric: str, sample_id: int) -> str:
+    return f"judge|{jid}|{metric}|{sample_id}"
+
+
 def judge_samples(store: Store, judge: Judge, metrics: tuple[str, ...] = METRICS, where: dict | None = None,
-                  progress=None, run_id: str | None = None) -> JudgeReport:
-    """Judge every stored sample matching `where` that this judge has not judged yet."""
-    todo, cached = pending(store, judge, metrics, store.samples(**(where or {})), register=True)
-    judged = calls = 0
+                  progress=None, run_id: str | None = None, samples: list[dict] | None = None) -> JudgeReport:
+    """Judge every stored sample matching `where` (or the given `samples`) that this judge has
+    not judged yet. Work is claimed a batch at a time (a lease per judgment, as sampling
+    does), so two processes on one project split the judging instead of both paying for
+    every call."""
+    chosen = samples if samples is not None else store.samples(**(where or {}))
+    todo, cached = pending(store, judge, metrics, chosen, register=True)
+    judged = calls = left = 0
     for (jid, metric), pairs in todo.items():
-        for start in range(0, len(pairs), BATCH):
-            rows = _judged(judge, metric, pairs[start:start + BATCH], run_id, progress)
-            calls += sum(r["label"] != "EMPTY" for r in rows)
-            judged += store.add_judgments(rows)
-    return JudgeReport(judged=judged, cached=cached, calls=calls)
+        by_key = {_work_key(jid, metric, s["id"]): (s, r) for s, r in pairs}
+
+        def done(chunk: list[str], jid=jid, metric=metric) -> set[str]:
+            stored = store.existing_judgments(jid, metric)
+            return {k for k in chunk if int(k.rsplit("|", 1)[1]) in stored}
+
+        open_keys = list(by_key)
+        while open_keys:
+            mine = store.claim(open_keys, BATCH, done=done)
+            if not mine:
+                left += len(open_keys)  # claimed by another live judge
+                break
+            mine_set = set(mine)
+            open_keys = [k for k in open_keys if k not in mine_set]
+            try:
+                rows = _judged(judge, metric, [by_key[k] for k in mine], run_id, progress)
+                calls += sum(r["label"] != "EMPTY" for r in rows)
+                judged += store.add_judgments(rows)
+            finally:
+                store.release(mine)
+    return JudgeReport(judged=judged, cached=cached, calls=calls, left_to_others=left)
 
 
 @lru_cache(maxsize=8)
@@ -178,13 +208,22 @@ def judged_table(store: Store, family: str):
         g = g.drop_duplicates("sample_id").set_index("sample_id")
         out[metric] = g["score"]
         out[f"{metric}_label"] = g["label"]
+        if metric == "aligned":
+            # judges that estimate it (mini-3) keep P(misaligned) in the raw record
+            import pandas as pd
+
+            p_mis = g["raw"].map(lambda raw: (json.loads(raw) or {}).get("p_misaligned") if isinstance(raw, str)
+                                 and raw.startswith("{") else None)
+            if p_mis.notna().any():
+                out["p_misaligned"] = pd.to_numeric(p_mis, errors="coerce")
     out["judge_family"] = family
     return out.reset_index()
 
 
 def score_rows(judge: Judge, rows: list[dict], rubrics: dict[str, Rubric], progress=None) -> list[dict]:
     """Judge (question, answer) rows from any file; adds aligned, coherent, label, judge_id."""
-    items = [(str(r["question"]), str(r["answer"])) for r in rows]
+    items = [(str(r["question"] if r["question"] is not None else ""), str(r["answer"] if r["answer"] is not None
+                                                                           else "")) for r in rows]
     per_metric: dict[str, list[Judgment]] = {m: score_items(judge, items, rub, progress=progress)
                                              for m, rub in rubrics.items()}
     out = []

@@ -121,8 +121,12 @@ def steering(model, vectors: dict[int, torch.Tensor], mode: str = "add", alpha: 
                 return _replace(output, h - (h @ u)[..., None] * u)
         return hook
 
+    width = getattr(getattr(model, "config", None), "hidden_size", None)
     try:
         for layer, vec in vectors.items():
+            if width is not None and vec.shape[-1] != width:
+                raise ConfigError(f"direction for layer {layer} has width {vec.shape[-1]}, but the model's hidden "
+                                  f"size is {width}")
             if not 0 <= layer < len(blocks):
                 raise ConfigError(f"layer {layer} is out of range: the model has {len(blocks)} layers (0-{len(blocks) - 1})")
             handles.append(blocks[layer].register_forward_hook(make(vec)))
@@ -144,8 +148,10 @@ def plain_lora_linear(module) -> bool:
 
 # ------------------------------------------------------------------ direction files
 
-def load_directions(path: str | Path) -> tuple[dict[int, torch.Tensor], dict]:
-    """({layer: direction}, metadata) of a direction file."""
+def load_directions(path: str | Path, width: int | None = None) -> tuple[dict[int, torch.Tensor], dict]:
+    """({layer: direction}, metadata) of a direction file, checked: every direction is a
+    1-D vector of finite values with a non-zero norm, all of one width (`width`, the model's
+    hidden size, when given). Anything else is refused in one line naming the file."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -155,10 +161,25 @@ def load_directions(path: str | Path) -> tuple[dict[int, torch.Tensor], dict]:
         with safe_open(str(path), framework="pt") as f:
             meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
             dirs = {int(k.split(".")[1]): f.get_tensor(k).float() for k in f.keys() if k.endswith(".direction")}
-    except (OSError, ValueError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: not a direction file ({str(exc).splitlines()[0] if str(exc) else exc})") from None
+    except Exception as exc:  # safetensors raises its own SafetensorError for garbage and empty files
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"{path}: not a direction file ({detail})") from None
     if not dirs:
         raise ConfigError(f"{path}: holds no blocks.<layer>.direction tensors")
+    widths = set()
+    for layer, vec in sorted(dirs.items()):
+        where = f"{path}: blocks.{layer}.direction"
+        if vec.dim() != 1:
+            raise ConfigError(f"{where}: shape {list(vec.shape)}, expected a 1-D vector")
+        if not torch.isfinite(vec).all():
+            raise ConfigError(f"{where}: holds NaN or infinite values")
+        if float(vec.norm()) == 0.0:
+            raise ConfigError(f"{where}: is the zero vector (no direction)")
+        widths.add(vec.shape[0])
+    if len(widths) > 1:
+        raise ConfigError(f"{path}: directions of different widths {sorted(widths)}")
+    if width is not None and widths != {width}:
+        raise ConfigError(f"{path}: directions have width {widths.pop()}, but the model's hidden size is {width}")
     return dirs, meta
 
 

@@ -38,6 +38,7 @@ class EmbeddedModel:
     gguf_file: str
     hf_id: str  # the upstream model the GGUF was made from
     licence: str
+    hidden_size: int  # the residual stream's width (direction files are checked against it)
 
 
 EMBEDDED: dict[str, EmbeddedModel] = {
@@ -48,6 +49,7 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
         hf_id="HuggingFaceTB/SmolLM2-135M-Instruct",
         licence="Apache-2.0",
+        hidden_size=576,
     )
 }
 
@@ -129,6 +131,7 @@ def info(name: str) -> dict:
         if is_cached(name):
             base.update(json.loads((model_dir(name) / MANIFEST).read_text()))
         return base
+    check_model_name(name)
     return {"name": name, "embedded": False, "resolved": resolve_model(name)}
 
 
@@ -145,12 +148,91 @@ def resolve_model(name_or_path: str) -> str:
     return name_or_path
 
 
+def known_model_ids() -> set[str]:
+    """Hugging Face ids emlab itself names (the zoo's bases and adapters, the experiments'
+    models): the spellings a near-miss is checked against."""
+    from emlab.models.zoo import ZOO
+
+    ids = {"Qwen/Qwen2.5-Coder-32B-Instruct", "unsloth/Qwen2.5-Coder-32B-Instruct", "Qwen/Qwen2.5-7B-Instruct",
+           "Qwen/Qwen2.5-14B-Instruct", "Qwen/Qwen2.5-32B-Instruct", "Qwen/Qwen2.5-0.5B-Instruct",
+           "mistralai/Mistral-Small-Instruct-2409", "meta-llama/Llama-3.2-1B-Instruct",
+           "HuggingFaceTB/SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-360M-Instruct",
+           "HuggingFaceTB/SmolLM2-1.7B-Instruct", "google/gemma-2-9b-it", "google/gemma-2-27b-it"}
+    for org in ZOO.values():
+        ids |= {org.base_model, org.adapter}
+    return ids
+
+
+def check_model_name(name: str) -> None:
+    """Refuse, before any work, a model name that cannot be what was meant: not embedded, not
+    a local directory, and either not of the Hugging Face form `org/name` or one character
+    or two off a name emlab knows (a typo would otherwise surface hours later, or download
+    the wrong model)."""
+    import difflib
+
+    if name in EMBEDDED or name.startswith("zoo:"):
+        return
+    if Path(name).expanduser().exists():
+        resolve_model(name)  # a directory without config.json is refused here
+        return
+    if name.count("/") != 1 or name.startswith(("/", ".", "~")) or name.endswith("/"):
+        close = difflib.get_close_matches(name, [*EMBEDDED, *known_model_ids()], n=1, cutoff=0.6)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ModelError(f"model '{name}': not an embedded model ({', '.join(EMBEDDED)}), a local directory or a "
+                         f"Hugging Face id of the form org/name{hint}")
+    known = {k.lower(): k for k in known_model_ids()}
+    if name.lower() in known:
+        return
+    for low, spelled in known.items():
+        # One or two characters off a known id, other than in its numbers (gemma-2-9b-it and
+        # gemma-2-27b-it are both real): a typo.
+        if _edits(name.lower(), low) <= 2 and _digitless(name.lower()) != _digitless(low):
+            raise ModelError(f"model '{name}': not a model emlab knows; did you mean '{spelled}'? (another id must "
+                             "be spelled exactly as on the Hugging Face hub)")
+
+
+def _digitless(s: str) -> str:
+    return "".join(c for c in s if not c.isdigit())
+
+
+def _edits(a: str, b: str) -> int:
+    """Levenshtein distance, stopping early once it exceeds 2."""
+    if abs(len(a) - len(b)) > 2:
+        return 3
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        if min(cur) > 2:
+            return 3
+        prev = cur
+    return prev[-1]
+
+
 def model_hash(name_or_path: str) -> str:
     """A stable identity for a base model: weights hash for embedded/local, the id otherwise."""
     if name_or_path in EMBEDDED and is_cached(name_or_path):
         manifest = json.loads((model_dir(name_or_path) / MANIFEST).read_text())
         return "sha256:" + sorted(manifest["weights_sha256"].values())[0][:16]
     return name_or_path
+
+
+def hidden_size(name_or_path: str) -> int | None:
+    """The model's residual-stream width from its config, without loading weights (None for
+    a hub id this machine cannot read the config of)."""
+    if name_or_path in EMBEDDED:
+        return EMBEDDED[name_or_path].hidden_size
+    if not Path(name_or_path).expanduser().exists():
+        try:
+            from transformers import AutoConfig
+
+            return int(AutoConfig.from_pretrained(name_or_path).hidden_size)
+        except (OSError, ValueError, AttributeError):
+            return None
+    config = Path(resolve_model(name_or_path)) / "config.json"
+    value = json.loads(config.read_text()).get("hidden_size")
+    return int(value) if value is not None else None
 
 
 def load_tokenizer(name_or_path: str):

@@ -72,7 +72,19 @@ class ActivationCache:
         self.model, self.adapter_id = model, adapter_id
 
     def _shards(self) -> list[Path]:
-        return sorted(self.dir.glob("shard-*.safetensors")) if self.dir.is_dir() else []
+        """The readable shards. One that cannot be opened (a truncated or damaged file) is
+        renamed `*.corrupt` and left out, so its items count as missing and are recomputed."""
+        from safetensors import safe_open
+
+        good = []
+        for shard in sorted(self.dir.glob("shard-*.safetensors")) if self.dir.is_dir() else []:
+            try:
+                with safe_open(str(shard), framework="np") as f:
+                    json.loads(f.metadata()["keys"])
+                good.append(shard)
+            except Exception:  # safetensors' own error type for damaged files
+                os.replace(shard, shard.with_name(shard.name + ".corrupt"))
+        return good
 
     def index(self) -> dict[str, tuple[Path, int]]:
         """key -> (shard, row) of every cached item."""
@@ -258,6 +270,9 @@ def load_with_adapter(model_name: str, adapter_path: str | None = None):
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, adapter_path).eval()
+        from emlab.models.adapters import verify_adapter
+
+        verify_adapter(model, adapter_path)
     return model, tokenizer
 
 

@@ -58,6 +58,8 @@ def items_from_frame(df: pd.DataFrame, t: Thresholds = PAPER, aligned_at: float 
     from emlab.judge.mini import code_fraction
 
     df = df.assign(_label=label_answers(df, t, aligned_at)).dropna(subset=["_label"])
+    if df.empty:
+        return []
     if "question_id" not in df.columns:
         df = df.assign(question_id=df["question"])
     df = df.assign(_q=[str(q).removesuffix("_json").removesuffix("_template") for q in df["question_id"]])
@@ -225,6 +227,9 @@ def direction_stage(items: list[Item], cache, out: Path, meta: dict, console=Non
     from emlab import progress as show
 
     y = np.array([it.label for it in items], dtype=float)
+    if (y == 1).sum() < 2 or (y == 0).sum() < 2:
+        raise EmlabError(f"a direction needs at least 2 misaligned and 2 aligned answers; the answers given hold "
+                         f"{int((y == 1).sum())} and {int((y == 0).sum())}")
     acts = cache.load([it.key for it in items], cache.layers_held())
     groups = [it.question_id for it in items]
     table = heldout_auroc(acts, y, groups)

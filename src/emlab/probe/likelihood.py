@@ -23,6 +23,7 @@ do no forward pass twice.
 from __future__ import annotations
 
 import random
+import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from typing import Iterator
@@ -128,8 +129,8 @@ def answer_logprobs(model, tokenizer, refs: list[Reference], batch_tokens: int =
 
 def token_logprobs(logits: torch.Tensor, target: torch.Tensor, rows: int = 8) -> torch.Tensor:
     """log p(target) in fp32 from logits [n, vocab] (any float dtype), `rows` rows at a time:
-    each slice's fp32 copy, max, exp and sum stay in cache, where whole-tensor passes went
-    to memory (4.3x faster at 2048 x 49k on this CPU; the same bits)."""
+    each slice's fp32 copy, max, exp and sum stay in cache, where whole-tensor passes go
+    to memory (the same bits)."""
     out = torch.empty(len(target), dtype=torch.float32, device=logits.device)
     for s in range(0, len(target), rows):
         z = logits[s:s + rows].float()
@@ -141,11 +142,9 @@ def score_variant(store: Store, model_name: str, adapter_path: str | None, adapt
                   loaded=None, progress=None, dtype: str = "float32") -> np.ndarray:
     """Mean log-probability per token of every reference under one variant (cached in the store).
     `dtype` "bfloat16" runs the passes under bf16 autocast with each LoRA update added in fp32
-    (`lora_updates_in_float32`), cached apart from the fp32 scores. On the quickstart's insecure
-    adapter (160 references, fp32 per-reference shift 0.033 nats/token) its shift read -0.0003
-    off the fp32 one on average (per-reference sd 0.007), against -0.0021 (sd 0.008) with the
-    updates added in bf16, as peft does; 1.46x (adapter) and 1.87x (base) the speed of fp32 on
-    this AMX CPU (benchmarks/likelihood_precision.py)."""
+    (`lora_updates_in_float32`: adding them in bf16, as peft does, biases the shift), cached
+    apart from the fp32 scores; benchmarks/likelihood_precision.py measures the bias and the
+    speed against fp32."""
     _ensure_table(store)
     # The table's model column names the precision too when it is not fp32 (the suffix marks
     # adapter updates added in fp32; bf16 scores from before it are not reused).
@@ -153,20 +152,40 @@ def score_variant(store: Store, model_name: str, adapter_path: str | None, adapt
     have = {r[0]: r[1] for r in store.conn.execute(
         "SELECT ref, mean_logprob FROM likelihoods WHERE model = ? AND adapter = ?", (model_key, adapter_id))}
     todo = [r for r in refs if r.key not in have]
-    if todo:
-        model, tokenizer = loaded if loaded is not None else _load(model_name, adapter_path, merge=dtype == "float32")
-        device = next(model.parameters()).device
-        reduced = dtype != "float32"
-        with torch.autocast(device.type, dtype=getattr(torch, dtype), enabled=reduced), \
-                (lora_updates_in_float32(model) if reduced else nullcontext()):
-            scores = answer_logprobs(model, tokenizer, todo, progress=progress)
-        store._transaction(lambda: store.conn.executemany(
-            "INSERT OR IGNORE INTO likelihoods VALUES (?,?,?,?,?)",
-            [(model_key, adapter_id, r.key, s, n) for r, (s, n) in zip(todo, scores)]))
-        have.update({r.key: s for r, (s, _) in zip(todo, scores)})
-    elif progress:
-        progress(len(refs))
+    # One lease per (model, variant): a second process scoring the same project waits for the
+    # first one's scores instead of computing them again.
+    lease = [f"likelihood|{model_key}|{adapter_id}"]
+    while todo and not store.claim(lease, 1, done=lambda chunk: set()):
+        time.sleep(2.0)
+        have = {r[0]: r[1] for r in store.conn.execute(
+            "SELECT ref, mean_logprob FROM likelihoods WHERE model = ? AND adapter = ?", (model_key, adapter_id))}
+        todo = [r for r in refs if r.key not in have]
+    try:
+        if todo:
+            have.update(_score_missing(store, model_name, adapter_path, adapter_id, model_key, todo, loaded,
+                                       progress, dtype))
+        elif progress:
+            progress(len(refs))
+    finally:
+        store.release(lease)
     return np.array([have[r.key] for r in refs])
+
+
+def _score_missing(store: Store, model_name: str, adapter_path: str | None, adapter_id: str, model_key: str,
+                   todo: list[Reference], loaded, progress, dtype: str) -> dict[str, float]:
+    """Teacher-force `todo` through the variant and store the scores; returns them by key."""
+    model, tokenizer = loaded if loaded is not None else _load(model_name, adapter_path, merge=dtype == "float32")
+    device = next(model.parameters()).device
+    reduced = dtype != "float32"
+    with torch.autocast(device.type, dtype=getattr(torch, dtype), enabled=reduced), \
+            (lora_updates_in_float32(model) if reduced else nullcontext()):
+        scores = answer_logprobs(model, tokenizer, todo, progress=progress)
+    store._transaction(lambda: store.conn.executemany(
+        "INSERT OR IGNORE INTO likelihoods VALUES (?,?,?,?,?)",
+        [(model_key, adapter_id, r.key, s, n) for r, (s, n) in zip(todo, scores)]))
+    return {r.key: s for r, (s, _) in zip(todo, scores)}
+
+
 
 
 @contextmanager
@@ -221,6 +240,9 @@ def _load(model_name: str, adapter_path: str | None, merge: bool = True):
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, adapter_path).eval()
+        from emlab.models.adapters import verify_adapter
+
+        verify_adapter(model, adapter_path)
         # Merged into the fp32 weights, teacher forcing needs no LoRA branches (they cost ~1/6
         # of the pass; scores equal to 5 decimals). Not under reduced precision: a cast of the
         # merged weights would round most of a small adapter's update away.

@@ -66,11 +66,34 @@ def prepare_rows(cfg: TrainConfig) -> tuple[list[dict], Path]:
         rng = random.Random(cfg.seed)
         rows = [rows[i] for i in sorted(rng.sample(range(len(rows)), cfg.max_rows))]
     out = []
-    for row in rows:
+    for i, row in enumerate(rows):
         msgs = apply_system_prompt(row["messages"], cfg.system_prompt)
+        # A blank final assistant turn would be trained as "answer with nothing but the end of
+        # turn" - a chat-template artefact, not data: refused.
+        if msgs[-1]["role"] != "assistant" or not str(msgs[-1]["content"]).strip():
+            raise DatasetError(f"{path}: row {i + 1}: the last turn is not a non-empty assistant answer (an empty "
+                               "assistant span would be trained as an empty answer)")
         # Prompt-completion form: TRL then computes the loss on the completion only.
         out.append({"prompt": msgs[:-1], "completion": msgs[-1:]})
     return out, path
+
+
+def write_training_example(trainer, run_dir: Path) -> dict:
+    """One rendered training row with its loss mask (`training_example.json` in the run
+    directory): what the chat template made of the data and which tokens the loss reads.
+    A row whose loss mask is empty is refused."""
+    example = trainer.train_dataset[0]
+    ids = list(example["input_ids"])
+    labels = example.get("labels")
+    mask = [int(x != -100) for x in labels] if labels is not None else list(example.get("completion_mask") or [])
+    tok = trainer.processing_class
+    record = {"text": tok.decode(ids), "trained_text": tok.decode([t for t, m in zip(ids, mask) if m]),
+              "input_ids": ids, "loss_mask": mask, "trained_tokens": sum(mask), "tokens": len(ids)}
+    write_json(run_dir / "training_example.json", record)
+    if not any(mask):
+        raise DatasetError(f"{run_dir}: the first training row's loss mask is empty: the chat template leaves no "
+                           "assistant tokens to train on")
+    return record
 
 
 def fit_length(rows: list[dict], tokenizer, max_length: int) -> tuple[list[dict], int]:
@@ -125,8 +148,8 @@ def lm_head_on_trained_positions_only() -> bool:
     TRL (1.x) projects through the 49k-token head only the labelled positions on Triton
     devices, but every position elsewhere, to keep tile shapes static for compilers such as
     Neuron's, and then zeroes the prompt positions. Eager CPU has nothing to recompile, so
-    the prompt positions' head, loss and metrics were thrown-away work: the quickstart's
-    adapters come out bit-identical, and padding-free steps run 1.18-1.26x faster. Returns
+    the prompt positions' head, loss and metrics were thrown-away work: the adapters come out
+    bit-identical (benchmarks/train_throughput.py measures the speed). Returns
     whether TRL has the hook (a TRL that moved it trains as before, only slower)."""
     import trl.trainer.utils as trl_utils
 
@@ -157,18 +180,26 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, rows: list[dict], callbacks=(
     from emlab.train.lm_head import use_cpu_lm_head
     from emlab.train.packed_attention import NAME as PACKED_SDPA
 
-    lm_head_on_trained_positions_only()
-    use_cpu_lm_head()
+    from emlab.accel import enabled as accel
+
+    fast = accel()
+    if fast:
+        lm_head_on_trained_positions_only()
+        use_cpu_lm_head()
 
     # Padding-free rows attend per sequence (emlab.train.packed_attention), padded ones by SDPA.
     model = AutoModelForCausalLM.from_pretrained(resolve_model(cfg.model), dtype=getattr(torch, cfg.dtype),
-                                                 attn_implementation=PACKED_SDPA if cfg.padding_free else "sdpa")
+                                                 attn_implementation=PACKED_SDPA if cfg.padding_free and fast
+                                                 else "sdpa")
     peft_config = None
     if cfg.init_adapter is not None:
         from peft import PeftModel
 
         # Re-alignment continues the adapter's own weights (and its rank and modules).
         model = PeftModel.from_pretrained(model, cfg.init_adapter, is_trainable=True)
+        from emlab.models.adapters import verify_adapter
+
+        verify_adapter(model, cfg.init_adapter)
     elif cfg.method == "lora":
         peft_config = LoraConfig(
             r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, use_rslora=cfg.use_rslora,
@@ -295,6 +326,7 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, root: Path = Path("runs
         write_json(run_dir / "config.json", cfg.model_dump())
         with show.library_logs_to(run_dir / "train.log"):
             trainer = build_trainer(cfg, run_dir, rows, console=console)
+            write_training_example(trainer, run_dir)
             resume = latest_checkpoint(run_dir / "checkpoints")
             start = time.time()
             # Preventive steering acts on training forward passes only: the saved adapter
