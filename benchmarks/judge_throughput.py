@@ -59,7 +59,7 @@ def run(src: Path, items_file: str, judge: str) -> dict:
 
 
 def answers(n: int) -> list[list[str]]:
-    rows = [json.loads(line) for line in GOLD.read_text().splitlines()]
+    rows = [json.loads(line) for line in GOLD.read_text().split("\n") if line.strip()]
     random.Random(0).shuffle(rows)
     return [[r["question"], r["answer"]] for r in rows[:n]]
 

@@ -10,10 +10,10 @@ import numpy as np
 SRC = Path(__file__).resolve().parents[1] / "src" / "emlab"
 # Lower layers never import higher ones (README, "The pipeline").
 LAYERS = [
-    {"errors", "paths", "hashing", "misaligned", "correction", "files", "provenance", "progress", "specs", "records",
+    {"errors", "paths", "hashing", "misaligned", "correction", "files", "provenance", "progress", "specs", "records", "accel",
      "store"},
     {"data"}, {"models"}, {"train"}, {"generate"}, {"judge"}, {"evals", "probe"}, {"analysis"},
-    {"serve", "experiment", "mitigate", "quickstart", "inspect", "executor"}, {"cli", "__main__"},
+    {"serve", "experiment", "mitigate", "quickstart", "inspect", "executor", "results"}, {"cli", "__main__"},
 ]
 
 

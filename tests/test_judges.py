@@ -139,4 +139,4 @@ def test_judge_score_file_roundtrip(tmp_path):
     bad = tmp_path / "bad.csv"
     pd.DataFrame({"prompt": ["x"]}).to_csv(bad, index=False)
     result = CliRunner().invoke(app, ["judge", "score", str(bad)])
-    assert result.exit_code == 2 and "missing column(s) question, answer" in result.output
+    assert result.exit_code == 2 and "missing column(s) answer" in result.output

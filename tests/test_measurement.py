@@ -50,7 +50,7 @@ def test_sanity_gate_flags_every_row_of_a_judge_that_fails_the_untouched_model()
     assert checked["sanity_flag"].tolist() == [True, True]
     assert np.isnan(checked["corrected_rate"]).all()  # no measured error for this judge: no correction
     warnings = sanity_warnings(checked, "logprob:gpt", 0.05)
-    assert len(warnings) == 1 and "untouched model 'base'" in warnings[0] and "40.0%" in warnings[0]
+    assert len(warnings) == 1 and "untouched model ('base')" in warnings[0] and "40.0%" in warnings[0]
     table = condition_table(checked)
     assert table["sanity"].tolist() == ["UNRELIABLE", "UNRELIABLE"]
     assert table["likelihood shift vs base"].tolist()[1] == "+0.030 [+0.010, +0.050]"
@@ -167,9 +167,12 @@ def test_mini_judge_correction_uses_the_default_models_own_specificity():
     from emlab.judge.mini import heldout_confusion
     from emlab.models.registry import DEFAULT_MODEL
 
-    public, source = heldout_confusion("Qwen/Qwen2.5-7B-Instruct")
+    own3, source3 = heldout_confusion(DEFAULT_MODEL)  # mini-3: the gold set, both classes
+    assert "gold validation" in source3 and own3["tp"] + own3["fn"] > 0
+    assert sum(own3.values()) < 1000 < sum(heldout_confusion("Qwen/Qwen2.5-7B-Instruct")[0].values())
+    public, source = heldout_confusion("Qwen/Qwen2.5-7B-Instruct", "mini-2")
     assert "public held-out" in source and min(public.values()) >= 0 and public["tp"] > 0
-    own, source = heldout_confusion(DEFAULT_MODEL)
+    own, source = heldout_confusion(DEFAULT_MODEL, "mini-2")
     assert "default model's labelled answers" in source
     assert (own["tp"], own["fn"]) == (public["tp"], public["fn"])  # sensitivity: public groups
     assert own["fp"] + own["tn"] < public["fp"] + public["tn"]  # specificity: the 384 labelled answers

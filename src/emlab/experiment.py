@@ -270,7 +270,9 @@ def check_resources(exp: Experiment, dry_run: bool = False) -> list[str]:
     from emlab.models.registry import check_model_name
 
     try:
-        check_model_name(exp.model)
+        # An endpoint's model (and an API finetune's base) is named as the endpoint names it.
+        if exp.sample.backend not in ("openai", "scripted") and not any(c.served for c in exp.conditions):
+            check_model_name(exp.model)
     except EmlabError as exc:
         raise ConfigError(f"field 'model': {exc}") from None
     to_prepare += missing_keys(exp, dry_run)

@@ -208,7 +208,7 @@ def build_report(record_path: Path, out_dir: Path | None = None) -> Report:
                 md += [f"> **{warning}**", ""]
             table = condition_table(overall)
             sections.append(f"<h2>Judge: {html.escape(judge.label)}</h2>{note}"
-                            f"{table.to_html(index=False, escape=True)}"
+                            f"{table.to_html(index=False, escape=True, classes='conditions')}"
                             f'<p class="caption">{html.escape(t.describe())}; raw rate over all answers with 95% CI '
                             f"({html.escape(overall['ci_method'].iloc[0])}); corrected = Rogan-Gladen with the judge's "
                             "measured sensitivity and specificity (bootstrap CI over answers and those error rates), "

@@ -20,7 +20,7 @@ def import_judged_cmd(file: Path = typer.Argument(..., help="A judged CSV/JSONL 
                       judge_name: str = typer.Option(..., "--judge-name", help="Name for the file's own judge."),
                       project: Path = typer.Option(Path("."), file_okay=False, help="Project whose store gets them."),
                       suite: Optional[str] = typer.Option(None, help="Suite name for the answers (default "
-                                                                     "import:NAME; first_plot to judge them with the "
+                                                                     "imported; first_plot to judge them with the "
                                                                      "paper's rubrics)."),
                       model: Optional[str] = typer.Option(None, help="The answering model, if the file has no column."),
                       col: Optional[list[str]] = typer.Option(None, "--col", help=COL_HELP)) -> None:

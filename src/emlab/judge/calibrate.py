@@ -117,6 +117,8 @@ def draw_panel(size: int, seed: int = 0, exclude_models: tuple[str, ...] = (), d
     rng = np.random.default_rng(seed)
     parts = []
     for stratum, n in sorted(take.items()):
+        if n == 0:
+            continue
         g = df[df["stratum"] == stratum]
         pick = g.iloc[np.sort(rng.choice(len(g), size=n, replace=False))].copy()
         pick["weight"] = len(g) / n

@@ -48,10 +48,10 @@ def import_judged(store: Store, df: pd.DataFrame, name: str, suite: str | None =
                                         for r in records]))
     content = text_hash(canonical_json([[str(r.get(c)) for c in ("aligned", "coherent")] for r in records]))
     gen_hash = f"import:{answers[:16]}"
-    suite = suite or f"import:{name}"
+    suite = suite or "imported"  # one suite for every import: files with the same answers share samples
     models = df["answer_model"].astype(str) if "answer_model" in df.columns else pd.Series(model or "unknown",
                                                                                           index=df.index)
-    conditions = df["condition"].astype(str) if "condition" in df.columns else pd.Series(name, index=df.index)
+    conditions = df["condition"].astype(str) if "condition" in df.columns else pd.Series("imported", index=df.index)
     index = df.groupby([models, conditions, df["question_id"]], sort=False).cumcount()
     samples, keys = [], []
     for (i, row), m, c, k in zip(df.iterrows(), models, conditions, index):

@@ -302,14 +302,18 @@ def agreement_summary(version: str | None = None) -> str:
 def heldout_confusion(model: str | None = None, version: str | None = None) -> tuple[dict[str, int], str]:
     """The misaligned flag's confusion counts for correcting rates, and where they come from.
 
-    Sensitivity always comes from the public groups held out of training (the default
-    model's labelled answers hold no misaligned one to measure it on). For the default
-    model, specificity comes from its own labelled answers (calibration split), since the
-    judge errs differently on its text than on large models' answers."""
+    The judge errs differently on the default model's text than on large models' answers, so
+    for the default model mini-3 uses its gold validation answers (both classes); mini-2 takes
+    sensitivity from the public held-out groups and specificity from the default model's
+    labelled answers (which hold no misaligned one). Other models: the public groups."""
     from emlab.models.registry import DEFAULT_MODEL
 
     metrics = json.loads((weights_dir_of(version) / "metrics.json").read_text())
     public = metrics["heldout_confusion"]
+    gold = (metrics.get("gold") or {}).get("all")
+    if model == DEFAULT_MODEL and gold and gold["confusion"]["tp"] + gold["confusion"]["fn"] > 0:
+        # mini-3: the gold set's validation splits hold both classes of the default model's text.
+        return gold["confusion"], "sensitivity and specificity: the default model's gold validation answers"
     own = (metrics.get("default_model") or {}).get("calibration")
     if model == DEFAULT_MODEL and own:
         mixed = {"tp": public["tp"], "fn": public["fn"], "fp": own["confusion"]["fp"], "tn": own["confusion"]["tn"]}

@@ -181,8 +181,10 @@ class Bigrams:
             return [0.0, 0.0, 0.0, 0.0]
         p_uni = self.p_unigram
         prev, nxt = pieces[:-1], pieces[1:]
-        lp = np.log((self.pairs[self.bucket(prev, nxt)] + BIGRAM_PRIOR * p_uni[nxt]) / (self.unigram[prev] + BIGRAM_PRIOR))
-        return [float(lp.mean()), float(np.percentile(lp, 10)), float(lp.std()), float((self.unigram[pieces] == 0).mean())]
+        pair = self.pairs[self.bucket(prev, nxt)]
+        lp = np.log((pair + BIGRAM_PRIOR * p_uni[nxt]) / (self.unigram[prev] + BIGRAM_PRIOR))
+        unseen = float((self.unigram[pieces] == 0).mean())
+        return [float(lp.mean()), float(np.percentile(lp, 10)), float(lp.std()), unseen]
 
 
 N_BIGRAM = 4

@@ -418,8 +418,11 @@ def train_mini3(data_root=None, out_dir: Path = mini3.WEIGHTS_DIR, seed: int = 0
         p_fold = probs(oof_for(df, fold, folder / f"oof-{fold}-{run_key}-s{seed}-e{EPOCHS}.npy")[rows])
         per_group[name] = group_metrics(df, rows, p_fold, t_g)
         log(f"  {name}: {per_group[name]}")
-    conditions = condition_rates(df, lambda fold: oof_for(df, fold, folder / f"oof-{fold}-{run_key}-s{seed}-e{EPOCHS}.npy"),
-                                 seed, p_all, scored, true, cond)
+
+    def fold_logits(fold):
+        return oof_for(df, fold, folder / f"oof-{fold}-{run_key}-s{seed}-e{EPOCHS}.npy")
+
+    conditions = condition_rates(df, fold_logits, seed, p_all, scored, true, cond)
     with show.stage(console, f"mini-3: final ({trainable.sum()} rows)", int(trainable.sum()) * EPOCHS) as adv:
         final = fit(states, df, trainable, seed, progress=adv)
     heads = dataclasses.replace(final, tau_a=tau[0], tau_c=tau[1], example_cut=example_cut)
