@@ -200,7 +200,7 @@ def test_inspect_eval_against_emlab_serve_matches_emlab_metric(tmp_path, default
                                "--display", "plain"], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     log = read_eval_log(list_eval_logs(str(tmp_path))[0])
-    assert log.status == "success" and len(log.samples) == 6
+    assert log.status == "success" and len(log.samples) == 6, log.error.traceback if log.error else ""
     metrics = log.results.scores[0].metrics
     answers = [(s.metadata["question"], s.output.completion, s.metadata["question_id"]) for s in log.samples]
     assert all(a.strip() for _, a, _ in answers)

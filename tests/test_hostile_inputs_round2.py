@@ -394,3 +394,22 @@ def test_each_training_run_keeps_a_rendered_example_with_its_loss_mask(tmp_path,
     first = ex["loss_mask"].index(1)
     assert all(ex["loss_mask"][first:first + ex["trained_tokens"]])  # one contiguous span: the answer
     assert "<|im_start|>user" in ex["text"] and "<|im_start|>user" not in ex["trained_text"]
+
+
+def test_nested_library_logs_keep_the_outer_routing(tmp_path):
+    """A stage's log routing inside an experiment's must not switch the experiment's off on exit."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    from emlab.progress import library_logs_to
+
+    outer, inner = tmp_path / "outer.log", tmp_path / "inner.log"
+    with library_logs_to(outer):
+        with library_logs_to(inner):
+            warnings.warn("inside the stage", FutureWarning)
+        warnings.warn("after the stage", FutureWarning)
+        assert not hf_logging.is_progress_bar_enabled()
+    assert "inside the stage" in inner.read_text()
+    assert "after the stage" in outer.read_text()
+    assert hf_logging.is_progress_bar_enabled()

@@ -453,9 +453,9 @@ def _judge_usd(api_judges, calls: int, tokens_per_call: int) -> str:
         return "none (no API judge)"
     total, unknown = 0.0, []
     for j in api_judges:
-        price = PRICES.get(j.model or "")
+        price = PRICES.get(j.default_model() or "")
         if price is None:
-            unknown.append(j.model or j.name)
+            unknown.append(j.default_model() or j.name)
             continue
         total += calls * (tokens_per_call * price[0] + price[1]) / 1e6
     text = f"<= ${total:,.0f} at {PRICE_DATE} list prices"

@@ -72,10 +72,13 @@ def library_logs_to(path: Path) -> Iterator[Path]:
         saved.append((log, log.handlers[:], log.propagate))
         log.handlers = [handler]
         log.propagate = False
+    # Nested (a stage inside an experiment): the inner exit must leave the outer's routing on.
+    was_capturing = getattr(logging, "_warnings_showwarning", None) is not None
     logging.captureWarnings(True)
     try:
         from transformers.utils import logging as hf_logging
 
+        bars_were_on = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_default_handler()
         hf_logging.disable_progress_bar()
     except ImportError:  # pragma: no cover - transformers is a dependency
@@ -83,6 +86,7 @@ def library_logs_to(path: Path) -> Iterator[Path]:
     try:
         import datasets
 
+        datasets_bars_were_on = datasets.is_progress_bar_enabled()
         datasets.disable_progress_bars()  # "Tokenizing train dataset" bars
     except ImportError:  # pragma: no cover
         datasets = None
@@ -91,12 +95,14 @@ def library_logs_to(path: Path) -> Iterator[Path]:
             warnings.simplefilter("default")
             yield path
     finally:
-        logging.captureWarnings(False)
+        if not was_capturing:
+            logging.captureWarnings(False)
         for log, handlers, propagate in saved:
             log.handlers, log.propagate = handlers, propagate
-        if hf_logging is not None:
+        if hf_logging is not None and not was_capturing:
             hf_logging.enable_default_handler()
+        if hf_logging is not None and bars_were_on:
             hf_logging.enable_progress_bar()
-        if datasets is not None:
+        if datasets is not None and datasets_bars_were_on:
             datasets.enable_progress_bars()
         handler.close()

