@@ -41,14 +41,7 @@ class FaultInjector:
                         "headers": [(b"content-type", b"application/json"), *headers]})
             await send({"type": "http.response.body", "body": b'{"error": {"message": "injected"}}'})
             return
-        sent = False
-
-        async def replay():
-            nonlocal sent
-            if sent:
-                return await receive()
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
+        replay = replaying(body, receive)
 
         status = {}
 
@@ -83,3 +76,18 @@ def serving(app):
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def replaying(body: bytes, receive):
+    """An ASGI `receive` that hands the app the already-read request body once, then defers
+    to the real one (disconnects and the like)."""
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay

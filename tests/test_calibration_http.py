@@ -9,7 +9,7 @@ import json
 import pytest
 
 from emlab.judge import calibrate as cal
-from fault_injection import serving
+from fault_injection import replaying, serving
 
 pytestmark = pytest.mark.model
 MODEL = "smollm2-135m-instruct"
@@ -30,14 +30,7 @@ class Recorder:
             body += msg.get("body", b"")
             more = msg.get("more_body", False)
         self.bodies.append(json.loads(body))
-        sent = False
-
-        async def replay():
-            nonlocal sent
-            if sent:
-                return await receive()
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
+        replay = replaying(body, receive)
 
         await self.app(scope, replay, send)
 
