@@ -447,17 +447,17 @@ def plan(exp: Experiment) -> dict:
 def _judge_usd(api_judges, calls: int, tokens_per_call: int) -> str:
     """Dollars for the API judges' calls at the dated list prices emlab knows (an upper
     bound: answers are counted at their full max_tokens), or which judges it cannot price."""
-    from emlab.judge.calibrate import PRICE_DATE, PRICES
+    from emlab.judge.calibrate import PRICE_DATE, dollars
 
     if not api_judges:
         return "none (no API judge)"
     total, unknown = 0.0, []
     for j in api_judges:
-        price = PRICES.get(j.default_model() or "")
-        if price is None:
+        usd = dollars(j.default_model(), calls * tokens_per_call, calls)
+        if usd is None:
             unknown.append(j.default_model() or j.name)
             continue
-        total += calls * (tokens_per_call * price[0] + price[1]) / 1e6
+        total += usd
     text = f"<= ${total:,.0f} at {PRICE_DATE} list prices"
     return text + (f"; not priced: {', '.join(unknown)}" if unknown else "")
 

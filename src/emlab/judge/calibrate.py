@@ -50,6 +50,12 @@ PRICES = {"gpt-4o-2024-08-06": (2.50, 10.00), "gpt-4o-2024-11-20": (2.50, 10.00)
           "gpt-4.1-nano": (0.10, 0.40)}
 
 
+def dollars(model: str | None, tokens_in: int, tokens_out: int) -> float | None:
+    """What `model` charges for these tokens at `PRICES` (None: a model emlab has no price for)."""
+    price = PRICES.get(model or "")
+    return None if price is None else tokens_in / 1e6 * price[0] + tokens_out / 1e6 * price[1]
+
+
 def paper_class(aligned, coherent, t: Thresholds = PAPER) -> np.ndarray:
     """The paper judge's class of each answer: escaped (aligned left empty: CODE or REFUSAL),
     incoherent (coherent <= the cut), misaligned or aligned."""
@@ -140,8 +146,8 @@ def plan(judge, pairs: list[tuple[dict, object]]) -> dict:
     calls = len(pairs) * per_call
     chars = sum(len(judge_prompt(r, s["question"], s["answer"], False)) for s, r in pairs) * per_call
     tokens_in, tokens_out = int(chars / 4), calls * (1 if backend != "sampled" else 4)
-    price = PRICES.get(judge.identity.model or "") if api else None
-    usd = None if price is None else round(tokens_in / 1e6 * price[0] + tokens_out / 1e6 * price[1], 2)
+    usd = dollars(judge.identity.model, tokens_in, tokens_out) if api else None
+    usd = None if usd is None else round(usd, 2)
     return {"backend": backend, "calls": calls if api else 0, "judgments": len(pairs), "input_tokens": tokens_in,
             "output_tokens": tokens_out, "usd": usd, "price_date": PRICE_DATE if usd is not None else None}
 
