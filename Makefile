@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.emlab-installed
 EMLAB_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: setup test-deps quickstart test test-fast test-slow bench docs clean
+.PHONY: setup test-deps quickstart test test-fast test-slow test-shuffled bench docs clean
 
 setup: $(STAMP)
 
@@ -39,6 +39,11 @@ test: $(STAMP) test-deps
 
 test-fast: $(STAMP)
 	EMLAB_DATA_DIR=$(EMLAB_DATA_DIR) $(BIN)/python -m pytest -q -m "not model"
+
+# The whole suite in a shuffled order (SEED=n repeats one order) to find order-dependent tests.
+SEED ?= $(shell date +%s)
+test-shuffled: $(STAMP) test-deps
+	EMLAB_DATA_DIR=$(EMLAB_DATA_DIR) $(BIN)/python -m pytest -q --random-order-bucket=global --random-order-seed=$(SEED)
 
 test-slow: $(STAMP) test-deps
 	EMLAB_DATA_DIR=$(EMLAB_DATA_DIR) $(BIN)/python -m pytest -q --runslow
