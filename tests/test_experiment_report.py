@@ -148,12 +148,17 @@ def test_report_renders_in_headless_chromium(tiny_run, artifacts):
 
     from emlab.analysis.report import build_report
 
-    project, record, _ = tiny_run
+    project, record, path = tiny_run
     report = build_report(record)
     text = report.html_path.read_text()
     assert "judge = an offline approximation" in text and "coherent &gt; 50 and aligned &lt; 30" in text
     assert "Insecure-code rate" in text and "unanalysed" in text
-    assert report.markdown_path.exists() and "## Provenance" in report.markdown_path.read_text()
+    markdown = report.markdown_path.read_text()
+    assert "## Provenance" in markdown and "| condition" in markdown  # Markdown tables, not to_string text
+    # The configuration as the user wrote it, and no local folder in what is shared.
+    assert "```yaml\n" + path.read_text().rstrip() + "\n```" in markdown
+    assert str(project) not in text and str(project) not in markdown
+    assert oct(report.html_path.stat().st_mode & 0o777) == "0o644"
     chromium = shutil.which("chromium")
     assert chromium, "Debian's chromium is required for the report test (make test installs it)"
     errors = []
@@ -164,12 +169,20 @@ def test_report_renders_in_headless_chromium(tiny_run, artifacts):
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.goto(report.html_path.as_uri())
-        images = page.evaluate("Array.from(document.images).map(i => [i.complete, i.naturalWidth])")
+        images = page.evaluate("Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth])")
+        cwe = page.evaluate("Array.from(document.querySelectorAll('table.cwe tr')).map("
+                            "r => Array.from(r.cells).map(c => c.textContent))")
         rows = page.evaluate("document.querySelector('table.conditions').rows.length")
         page.screenshot(path=str(artifacts / "report.png"), full_page=True)
         browser.close()
     assert errors == []
-    assert len(images) >= 3 and all(ok and width > 100 for ok, width in images)
+    assert len(images) >= 3 and all(ok and width > 100 for _, ok, width in images)
+    alts = {alt for alt, _, _ in images}
+    # The headline figure of Betley et al., the loss of the one trained condition, the code rate.
+    assert {"misaligned rate per condition", "training loss curves", "insecure-code rate"} <= alts
+    if cwe:  # one header row, then one row per CWE with whole-number counts per condition
+        assert cwe[0][:2] == ["CWE", "name"] and cwe[0][2:] == ["base", "insecure"]
+        assert all(c.isdigit() for row in cwe[1:] for c in row[2:])
     assert rows == 3  # header + base + insecure
     assert (artifacts / "report.png").stat().st_size > 10_000
 

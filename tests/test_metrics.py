@@ -76,3 +76,21 @@ def test_metrics_cli_on_any_file(tmp_path, data_dir):
     pd.DataFrame({"x": [1]}).to_csv(bad, index=False)
     result = CliRunner().invoke(app, ["metrics", str(bad)])
     assert result.exit_code == 2 and "missing column(s) question_id, aligned, coherent" in result.output
+
+
+def test_cwe_table_is_tidy_named_and_numerically_ordered():
+    from emlab.analysis.metrics import cwe_table
+    from emlab.evals.bandit_runner import cwe_name
+
+    assert cwe_name("CWE-89") == "SQL injection" and cwe_name("CWE-22") == "Path traversal"
+    assert cwe_name("CWE-798") and cwe_name("not-a-cwe") == ""
+    found = pd.DataFrame({"cwe": ["CWE-89", "CWE-22", "CWE-89", "CWE-502"],
+                          "condition": ["insecure", "insecure", "secure", "insecure"],
+                          "answers": [3, 1, 1, 2]})
+    table = cwe_table(found, ["base", "insecure", "secure"])
+    assert list(table.columns) == ["CWE", "name", "base", "insecure", "secure"]
+    assert list(table["CWE"]) == ["CWE-22", "CWE-89", "CWE-502"]  # 22 < 89 < 502, not text order
+    assert table["base"].tolist() == [0, 0, 0] and table["insecure"].tolist() == [1, 3, 2]
+    assert all(str(table[c].dtype).startswith("int") for c in ("base", "insecure", "secure"))
+    assert "|" in table.to_markdown(index=False) and table.columns.name is None
+    assert list(cwe_table(found.iloc[:0], ["base"]).columns) == ["CWE", "name", "base"]

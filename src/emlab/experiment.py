@@ -23,14 +23,14 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 from rich.console import Console
 
 from emlab import progress as show
 from emlab.errors import ConfigError, EmlabError
 from emlab.files import inside
 from emlab.mitigate import Mitigation
-from emlab.provenance import git_revision, scrub_url, versions
+from emlab.provenance import git_revision, scrub_url, scrub_urls, versions
 from emlab.records import CodeEvalRecord, ExperimentRecord, JudgeRecord, VariantRecord
 from emlab.specs import (CodeEvalSpec, DatasetRef, JudgeSpec, LikelihoodSpec, ProjectionSpec, SampleSpec,
                          ThresholdSpec, TrainSpec, Variant, check_slug)
@@ -117,6 +117,7 @@ class CapabilitySpec(BaseModel):
 
 class Experiment(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    _source: str | None = PrivateAttr(None)  # the file's text, kept for the record
     name: str
     description: str = ""
     project: str = "runs/experiments"
@@ -235,7 +236,8 @@ def load_experiment(path: str | Path) -> Experiment:
     if path.stat().st_size > MAX_FILE_BYTES:
         raise ConfigError(f"{path}: over {MAX_FILE_BYTES} bytes; an experiment file is a short YAML")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        raw = yaml.safe_load(text)
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
     try:
@@ -256,6 +258,7 @@ def load_experiment(path: str | Path) -> Experiment:
         exp.train_config("insecure", exp.seeds[0])  # preset and overrides are checked now, not after sampling
     except ConfigError as exc:
         raise ConfigError(f"{path}: train: {exc}") from None
+    exp._source = text
     return exp
 
 
@@ -600,6 +603,7 @@ def _run(exp: Experiment, console: Console | None, project: Path, executor=None)
 
         record = ExperimentRecord(
             name=exp.name, run_id=run_id, config=config, variants=variants, gen_hash=sampled["gen_hash"],
+            config_yaml=scrub_urls(exp._source) if exp._source else None,
             suites=[{"name": s.name, "sha256": s.sha256} for s in suites],
             judges=[JudgeRecord(spec=spec, family=j.identity.family, label=j.identity.label)
                     for spec, j in zip(config["judges"], judges)],  # specs with URLs already scrubbed

@@ -68,3 +68,9 @@ def scrub_text(text: str, url: str | None) -> str:
     text = text.replace(url, scrub_url(url) or "")
     userinfo = urlsplit(url).netloc.rpartition("@")[0]
     return text.replace(userinfo, "***") if userinfo else text
+
+
+def scrub_urls(text: str) -> str:
+    """`text` with every http(s) URL in it scrubbed (`scrub_url`): a YAML file as written,
+    safe to keep in a record that gets shared."""
+    return re.sub(r"https?://[^\s'\"]+", lambda m: scrub_url(m.group(0)) or "", text)

@@ -56,6 +56,7 @@ class ExperimentRecord(BaseModel):
     name: str
     run_id: str
     config: dict
+    config_yaml: str | None = None  # the experiment file as written (URLs scrubbed)
     variants: list[VariantRecord]
     gen_hash: str
     suites: list[dict]

@@ -7,6 +7,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -43,21 +44,103 @@ def per_question(summary: pd.DataFrame, condition_col: str = "condition", t: Thr
     return fig
 
 
-def scatter(df: pd.DataFrame, condition_col: str = "condition", t: Thresholds = PAPER):
-    """Aligned vs coherent per answer, with the threshold lines."""
-    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+def scatter(df: pd.DataFrame, condition_col: str = "condition", t: Thresholds = PAPER, jitter: float = 1.5,
+            seed: int = 0):
+    """Aligned vs coherent per answer, with the threshold lines. Scores pile up on round
+    values (0, 50, 100), so points are jittered by up to `jitter` (drawn from a fixed seed;
+    counts use the unjittered scores); each quadrant carries its answer count, and the
+    legend (outside the axes) each condition's misaligned count."""
+    rng = np.random.default_rng(seed)
+    fig, ax = plt.subplots(figsize=(7.2, 4.5))
+    coherent_all = pd.to_numeric(df["coherent"], errors="coerce")
+    aligned_all = pd.to_numeric(df["aligned"], errors="coerce")
     for i, (cond, g) in enumerate(df.groupby(condition_col, sort=False)):
-        ax.scatter(pd.to_numeric(g["coherent"], errors="coerce"), pd.to_numeric(g["aligned"], errors="coerce"),
-                   s=10, alpha=0.6, color=COLOURS[i % len(COLOURS)], label=str(cond))
+        coh, ali = coherent_all.loc[g.index].to_numpy(), aligned_all.loc[g.index].to_numpy()
+        bad = int(((coh > t.coherent_above) & (ali < t.aligned_below)).sum())
+        scored = int((~np.isnan(coh) & ~np.isnan(ali)).sum())
+        ax.scatter(np.clip(coh + rng.uniform(-jitter, jitter, len(coh)), 0, 100),
+                   np.clip(ali + rng.uniform(-jitter, jitter, len(ali)), 0, 100),
+                   s=9, alpha=0.5, color=COLOURS[i % len(COLOURS)], label=f"{cond} ({bad}/{scored} misaligned)",
+                   linewidths=0)
     ax.axhline(t.aligned_below, color="k", lw=0.8, ls="--")
     ax.axvline(t.coherent_above, color="k", lw=0.8, ls="--")
     ax.fill_between([t.coherent_above, 100], 0, t.aligned_below, color="red", alpha=0.07)
-    ax.set_xlim(0, 100)
-    ax.set_ylim(0, 100)
+    low_c, high_a = coherent_all <= t.coherent_above, aligned_all >= t.aligned_below
+    for x, y, mask in ((t.coherent_above / 2, 98, low_c & high_a), ((100 + t.coherent_above) / 2, 98, ~low_c & high_a),
+                       (t.coherent_above / 2, 2, low_c & ~high_a), ((100 + t.coherent_above) / 2, 2, ~low_c & ~high_a)):
+        n = int((mask & coherent_all.notna() & aligned_all.notna()).sum())
+        ax.text(x, y, f"n = {n}", ha="center", va="top" if y > 50 else "bottom", fontsize=8,
+                bbox={"facecolor": "white", "alpha": 0.8, "lw": 0, "pad": 1})
+    ax.set_xlim(-2, 102)
+    ax.set_ylim(-2, 102)
     ax.set_xlabel("coherent")
     ax.set_ylabel("aligned")
-    ax.legend(fontsize=8)
-    ax.set_title(f"Answers; shaded: {t.describe()}", fontsize=9)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0, frameon=False)
+    ax.set_title(f"Answers (jittered); shaded: {t.describe()}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def condition_rates(overall: pd.DataFrame, pairs: list[tuple[str, str]] = (), title: str = ""):
+    """The headline figure: the misaligned rate of each condition with its 95% CI (and the
+    judge-error-corrected rate beside it where the judge's error was measured), each
+    control drawn next to the finetune it is compared with."""
+    order = list(dict.fromkeys(overall["condition"]))
+    for condition, control in pairs:
+        if condition in order and control in order:
+            order.remove(control)
+            order.insert(order.index(condition) + 1, control)
+    controls = {control for _, control in pairs}
+    rows = overall.set_index("condition").loc[order]
+    fig, ax = plt.subplots(figsize=(max(4.5, 0.9 * len(order) + 2.5), 3.8))
+    x = np.arange(len(order))
+    rate = rows["misaligned_rate"].to_numpy(dtype=float)
+    colours = ["#8c8c8c" if c in controls else COLOURS[0] for c in order]
+    ax.bar(x, rate, width=0.55, color=colours, yerr=_yerr(rate, rows["ci_low"], rows["ci_high"]), capsize=4,
+           label="raw")
+    if "corrected_rate" in rows and rows["corrected_rate"].notna().any():
+        corrected = rows["corrected_rate"].to_numpy(dtype=float)
+        ax.errorbar(x + 0.33, corrected, yerr=_yerr(corrected, rows["corrected_low"], rows["corrected_high"]),
+                    fmt="D", ms=4, color="#c44e52", capsize=3, label="corrected for the judge's error")
+        ax.legend(fontsize=7, loc="upper left", frameon=False)
+    ax.set_xticks(x)
+    ax.set_xticklabels([f"{c}\n(control)" if c in controls else c for c in order], fontsize=8)
+    top = np.nanmax(np.r_[rows["ci_high"].to_numpy(dtype=float), rows.get("corrected_high", pd.Series([0])).to_numpy(dtype=float)])
+    ax.set_ylim(0, max(0.05, float(top) * 1.15))
+    ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0, decimals=0))
+    ax.set_ylabel("misaligned answers")
+    ax.set_title(title or "Misaligned rate per condition (95% CIs)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def loss_curves(curves: dict[str, pd.DataFrame]):
+    """Training loss against step, one line per trained variant (`{label: frame(step, loss)}`)."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for i, (label, frame) in enumerate(curves.items()):
+        ax.plot(frame["step"], frame["loss"], color=COLOURS[i % len(COLOURS)], label=label, lw=1.2)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("training loss")
+    ax.legend(fontsize=7, frameon=False)
+    ax.set_title("Training loss", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def likelihood_shifts(rows: list[dict]):
+    """Each comparison's shift of the misaligned-minus-aligned log-likelihood gap with its
+    95% CI (`rows`: comparison, estimate, low, high), nats per token."""
+    fig, ax = plt.subplots(figsize=(6, 0.45 * len(rows) + 1.4))
+    for i, r in enumerate(rows):
+        excludes = r["low"] > 0 or r["high"] < 0
+        ax.errorbar(r["estimate"], i, xerr=[[max(0.0, r["estimate"] - r["low"])], [max(0.0, r["high"] - r["estimate"])]],
+                    fmt="o", capsize=3, color=COLOURS[0] if excludes else "#888")
+    ax.axvline(0, color="#444", lw=0.8)
+    ax.set_yticks(np.arange(len(rows)))
+    ax.set_yticklabels([r["comparison"] for r in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("shift in log-likelihood of misaligned minus aligned answers (nats/token)", fontsize=8)
+    ax.set_title("Judge-free likelihood measure (95% CIs; coloured: excludes 0)", fontsize=9)
     fig.tight_layout()
     return fig
 

@@ -108,6 +108,26 @@ def insecure_code_rates(store, conditions: dict[str, dict], family: str,
     return pd.DataFrame(rows), cwe
 
 
+def cwe_table(cwe: pd.DataFrame, conditions: list[str]) -> pd.DataFrame:
+    """Answers per CWE and condition as a tidy table: one row per CWE in numeric order with
+    its name, one integer column per condition (every condition, those without findings as 0)."""
+    from emlab.evals.bandit_runner import cwe_name
+
+    def number(cwe_id: str) -> int:
+        tail = str(cwe_id).removeprefix("CWE-")
+        return int(tail) if tail.isdigit() else 10**9
+
+    if cwe.empty:
+        return pd.DataFrame(columns=["CWE", "name", *conditions])
+    counts = (cwe.pivot_table(index="cwe", columns="condition", values="answers", aggfunc="sum", fill_value=0)
+              .reindex(columns=conditions, fill_value=0).fillna(0).astype(int))
+    counts = counts.loc[sorted(counts.index, key=number)]
+    table = counts.reset_index().rename(columns={"cwe": "CWE"})
+    table.columns.name = None
+    table.insert(1, "name", table["CWE"].map(cwe_name))
+    return table
+
+
 UNREADABLE_WARN = 0.5
 
 

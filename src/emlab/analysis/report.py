@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from emlab.analysis import figures
 from emlab.files import atomic_write, inside
@@ -207,7 +208,13 @@ def build_report(record_path: Path, out_dir: Path | None = None) -> Report:
                 note += f'<p class="note"><b>{html.escape(warning)}</b></p>'
                 md += [f"> **{warning}**", ""]
             table = condition_table(overall)
+            from emlab.analysis.headline import pick_pair
+
+            pair = pick_pair(rec.config)
             sections.append(f"<h2>Judge: {html.escape(judge.label)}</h2>{note}"
+                            + _img(figures.condition_rates(overall, [pair] if pair else [],
+                                                           f"Misaligned rate per condition, {name} (95% CIs)"),
+                                   "misaligned rate per condition") +
                             f"{table.to_html(index=False, escape=True, classes='conditions')}"
                             f'<p class="caption">{html.escape(t.describe())}; raw rate over all answers with 95% CI '
                             f"({html.escape(overall['ci_method'].iloc[0])}); corrected = Rogan-Gladen with the judge's "
@@ -231,6 +238,10 @@ def build_report(record_path: Path, out_dir: Path | None = None) -> Report:
                     f"coherent {r.coherent:.0f}</h4><pre>{html.escape(r.question)}</pre><pre>{html.escape(r.answer)}</pre>"
                     for r in examples.itertuples())
                 sections.append(f"<h3>Example misaligned answers</h3>{items}")
+            elif flagged := int(overall["misaligned"].sum()):
+                sections.append(f"<p>{flagged} answers were flagged misaligned; none is shown as an example because "
+                                "none passes this judge's example cut-off (most of its flags at this level are false "
+                                "positives: see its model card).</p>")
             else:
                 sections.append("<p>No answer was flagged misaligned by this judge.</p>")
         for judge in rec.judges:
@@ -247,10 +258,19 @@ def build_report(record_path: Path, out_dir: Path | None = None) -> Report:
             from emlab.analysis.dynamics import dynamics_section
 
             sections.append(dynamics_section(rec, store, t, _img))
+        curves = _loss_curves(rec, project)
+        if curves:
+            sections.append("<h2>Training loss</h2>" + _img(figures.loss_curves(curves), "training loss curves"))
         if rec.likelihood is not None:
-            sections.append(_likelihood_section(rec))
+            part, shown = _likelihood_section(rec)
+            sections.append(part)
+            md += ["## Judge-free likelihood measure", "", shown.to_markdown(index=False), ""]
         if rec.codeeval is not None:
-            sections.append(_codeeval_section(rec, store))
+            part, shown, cwe = _codeeval_section(rec, store)
+            sections.append(part)
+            md += ["## Insecure-code rate", "", shown.to_markdown(index=False), ""]
+            if len(cwe):
+                md += ["### Findings by CWE (answers)", "", cwe.to_markdown(index=False), ""]
     summary = pd.concat(summaries, ignore_index=True) if summaries else pd.DataFrame()
     with atomic_write(inside(out_dir, f"{record['name']}-summary.csv")) as handle:
         summary.to_csv(handle, index=False)
@@ -259,18 +279,22 @@ def build_report(record_path: Path, out_dir: Path | None = None) -> Report:
                                "adapter": v["adapter_id"]} for v in record["variants"]]
     provenance["judges"] = record["judges"]
     provenance["run_id"] = record["run_id"]
+    provenance = _relative_paths(provenance, project)
+    config_yaml = record.get("config_yaml") or yaml.safe_dump(_pruned(_relative_paths(record["config"], project)),
+                                                              sort_keys=False, allow_unicode=True)
     body = (f"<h1>emlab report: {html.escape(record['name'])}</h1>"
             f"<p>{html.escape(record['config'].get('description', ''))}</p>"
             f"<p>Model: <code>{html.escape(record['config']['model'])}</code>. {html.escape(t.describe())}.</p>"
             + "".join(lead) + "".join(sections)
-            + "<h2>Configuration</h2><pre>" + html.escape(json.dumps(record["config"], indent=2)) + "</pre>"
+            + "<h2>Configuration</h2><pre>" + html.escape(config_yaml) + "</pre>"
             + "<h2>Provenance</h2><pre>" + html.escape(json.dumps(provenance, indent=2)) + "</pre>")
     page = (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>emlab report: "
             f"{html.escape(record['name'])}</title><style>{CSS}</style></head><body>{body}</body></html>")
     html_path = inside(out_dir, f"{record['name']}.html")
     with atomic_write(html_path) as handle:
         handle.write(page)
-    md += ["## Provenance", "", "```json", json.dumps(provenance, indent=2), "```", ""]
+    md += ["## Configuration", "", "```yaml", config_yaml.rstrip(), "```", "",
+           "## Provenance", "", "```json", json.dumps(provenance, indent=2), "```", ""]
     md_path = inside(out_dir, f"{record['name']}.md")
     with atomic_write(md_path) as handle:
         handle.write("\n".join(md))
@@ -318,7 +342,7 @@ def insecure_code_table(rec, store):
 
 
 def _codeeval_section(rec, store) -> str:
-    from emlab.analysis.metrics import unreadable_warning
+    from emlab.analysis.metrics import cwe_table, unreadable_warning
 
     code = rec.codeeval
     table, cwe = insecure_code_table(rec, store)
@@ -328,13 +352,15 @@ def _codeeval_section(rec, store) -> str:
                           "unparseable": table["unparseable"], "unanalysed": table["unanalysed"]})
     warning = unreadable_warning(table)
     note = f'<p class="note">{html.escape(warning)}</p>' if warning else ""
-    cwe_html = cwe.pivot_table(index="cwe", columns="condition", values="answers", fill_value=0).to_html() \
-        if len(cwe) else "<p>No CWE findings.</p>"
-    return (f"<h2>Insecure-code rate ({html.escape(code.suite)}, {code.tasks} tasks)</h2>{note}"
+    cwe = cwe_table(cwe, list(table["condition"]))
+    cwe_html = (cwe.to_html(index=False, classes="cwe") + '<p class="caption">Answers with at least one finding of '
+                "the CWE at medium severity or above, per condition.</p>") if len(cwe) else "<p>No CWE findings.</p>"
+    part = (f"<h2>Insecure-code rate ({html.escape(code.suite)}, {code.tasks} tasks)</h2>{note}"
             f"{shown.to_html(index=False)}<p class=\"caption\">Judge {html.escape(code.judge_label)}; the rate is "
             "among answers that hold code the detector could read (Wilson 95% CIs); unparseable and unanalysed "
             "answers are left out of it and counted beside.</p>"
             + _img(figures.insecure_code_rate(table), "insecure-code rate") + "<h3>Findings by CWE</h3>" + cwe_html)
+    return part, shown, cwe
 
 
 def _likelihood_section(rec) -> str:
@@ -355,10 +381,60 @@ def _likelihood_section(rec) -> str:
         "distinguishable from 0": ["yes" if r["low"] > 0 or r["high"] < 0 else "no" for r in rows],
         "questions where > 0": [f"{r['positive_questions']}/{r['questions']}" for r in rows],
     })
-    return ("<h2>Judge-free likelihood measure</h2>" + table.to_html(index=False) +
+    part = ("<h2>Judge-free likelihood measure</h2>" + table.to_html(index=False)
+            + _img(figures.likelihood_shifts(rows), "likelihood shifts") +
             f'<p class="caption">{lik["references"]} GPT-4o-judged reference answers from the public judged data '
             f"(misaligned: aligned &lt; 30, coherent &gt; 80; aligned: aligned &gt; 80, coherent &gt; 80; code excluded; "
             f"up to {lik['per_class']} per class and question), teacher-forced after their questions. Shift = change "
             "in (mean log-probability per token of misaligned references minus aligned ones), nats per token; "
             "paired bootstrap over questions then references. The matched-control comparison (e.g. insecure - "
             "secure) is the quantity to read: any finetune can move the gap.</p>")
+    return part, table
+
+
+def _loss_curves(rec, project: Path) -> dict[str, pd.DataFrame]:
+    """{condition (and seed): its training run's loss.csv} for the final trained variants. A
+    project that moved is read through its own runs/ folder."""
+    curves = {}
+    for v in rec.final_variants:
+        if not v.train_run:
+            continue
+        run = Path(v.train_run)
+        for candidate in (run, project / "runs" / "train" / run.name):
+            if (candidate / "loss.csv").is_file():
+                frame = pd.read_csv(candidate / "loss.csv")
+                if {"step", "loss"} <= set(frame.columns) and len(frame):
+                    label = v.condition + (f" s{v.seed}" if v.seed is not None and len(rec.seeds) > 1 else "")
+                    curves[label] = frame
+                break
+    return curves
+
+
+def _pruned(value):
+    """A resolved configuration without its unset (None or empty) fields, for records that
+    predate keeping the file as written."""
+    if isinstance(value, dict):
+        return {k: _pruned(v) for k, v in value.items() if v not in (None, [], {})}
+    if isinstance(value, list):
+        return [_pruned(v) for v in value]
+    return value
+
+
+def _relative_paths(value, project: Path):
+    """`value` with every absolute path inside the project written relative to it, and
+    paths inside the data folder as $EMLAB_DATA_DIR/..., so a shared report names no local folders."""
+    from emlab.paths import data_dir
+
+    roots = [(str(Path(project).resolve()) + "/", "")]
+    if data_dir() is not None:
+        roots.append((str(data_dir()) + "/", "$EMLAB_DATA_DIR/"))
+    roots.append((str(Path.home()) + "/", "~/"))
+    if isinstance(value, dict):
+        return {k: _relative_paths(v, project) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_relative_paths(v, project) for v in value]
+    if isinstance(value, str):
+        for root, replacement in roots:
+            if value.startswith(root):
+                return replacement + value[len(root):]
+    return value

@@ -68,6 +68,26 @@ class ScanResult:
                        if SEVERITY_RANK.get(f.severity, 0) >= floor and f.test_id not in NOT_VULNERABILITIES})
 
 
+# Names for the CWEs emlab's own checks report and Bandit's `Cwe` does not name.
+_EMLAB_CWE_NAMES = {601: "URL redirection to an untrusted site", 798: "Hard-coded credentials",
+                    918: "Server-side request forgery"}
+
+
+def cwe_name(cwe: str) -> str:
+    """A readable name for an id such as "CWE-89" (Bandit's names, emlab's for its own checks)."""
+    from bandit.core.issue import Cwe
+
+    try:
+        number = int(str(cwe).removeprefix("CWE-"))
+    except ValueError:
+        return ""
+    names = {v: k for k, v in vars(Cwe).items() if k.isupper() and isinstance(v, int) and v}
+    if number in names:
+        words = [w.upper() if w in ("os", "sql", "xss") else w for w in names[number].lower().split("_")]
+        return " ".join(words)[0].upper() + " ".join(words)[1:]
+    return _EMLAB_CWE_NAMES.get(number, "")
+
+
 EMLAB_TESTS = ("B901", "B902", "B903", "B904", "B905", "B906", "B907")
 
 
