@@ -50,3 +50,87 @@ def test_unknown_model_gives_clear_error():
 
     with pytest.raises(ModelError, match="cannot load model 'no-such-org/no-such-model'"):
         load_model("no-such-org/no-such-model")
+
+
+def _commands():
+    """(path, command) for every leaf command of the CLI."""
+    import typer
+
+    def walk(cmd, path):
+        if hasattr(cmd, "commands"):
+            for name, sub in cmd.commands.items():
+                yield from walk(sub, [*path, name])
+        else:
+            yield path, cmd
+
+    return list(walk(typer.main.get_command(app), []))
+
+
+# --project defaults other than the current directory, each with a documented meaning.
+PROJECT_DEFAULTS = {"quickstart": "runs/quickstart", "run": "the experiment's project:",
+                    "judge calibrate": "$EMLAB_HOME/calibration"}
+
+
+def test_help_walk_one_vocabulary():
+    """Every command's help renders; every option has help text; shared options agree in name,
+    type and default across commands."""
+    from emlab.specs import DEFAULT_MODEL, CodeEvalSpec, SampleSpec
+
+    commands = _commands()
+    assert len(commands) > 40
+    problems = []
+    for path, cmd in commands:
+        name = " ".join(path)
+        result = runner.invoke(app, [*path, "--help"])
+        if result.exit_code != 0:
+            problems.append(f"{name}: --help exits {result.exit_code}")
+        for p in cmd.params:
+            if p.param_type_name != "option":
+                continue
+            flag = p.opts[0]
+            if not p.help and flag not in ("--install-completion", "--show-completion"):
+                problems.append(f"{name} {flag}: no help text")
+            if flag in ("--n", "--layer"):
+                problems.append(f"{name} {flag}: a dialect name (use --samples-per-paraphrase/--rows/--layers)")
+            if flag == "--adapter" and (p.metavar != "NAME=DIR" or not p.multiple):
+                problems.append(f"{name} --adapter: not the shared NAME=DIR option")
+            if flag in ("--layers", "--steer-layers") and p.metavar != "LAYERS":
+                problems.append(f"{name} {flag}: not the shared LAYERS option")
+            if flag == "--project" and name not in PROJECT_DEFAULTS and str(p.default) != ".":
+                problems.append(f"{name} --project defaults to {p.default}, not .")
+            if flag == "--max-tokens" and p.default != SampleSpec.model_fields["max_tokens"].default:
+                problems.append(f"{name} --max-tokens defaults to {p.default}")
+            if flag == "--model" and p.default not in (None, DEFAULT_MODEL) and path[0] != "finetune":
+                problems.append(f"{name} --model defaults to {p.default}")
+    assert problems == []
+    assert CodeEvalSpec.model_fields["max_tokens"].default == SampleSpec.model_fields["max_tokens"].default
+
+
+def test_adapter_and_layers_flags_parse_one_way(tmp_path):
+    import typer
+
+    from emlab.cli.common import adapter_name, layer_list, parse_adapters
+
+    adapter = tmp_path / "runs" / "train" / "insecure" / "adapter"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_model.safetensors").write_bytes(b"x")
+    assert adapter_name(str(adapter)) == "insecure" and adapter_name("runs/x/my-lora/") == "my-lora"
+    assert parse_adapters([str(adapter)]) == {"insecure": str(adapter)}
+    assert parse_adapters([f"em={adapter}"]) == {"em": str(adapter)}
+    for bad in ([f"{adapter}", f"insecure={adapter}"], [f"x={tmp_path}"], ["=foo"]):
+        try:
+            parse_adapters(bad)
+        except typer.Exit as exc:
+            assert exc.exit_code == 2
+        else:
+            raise AssertionError(f"{bad} was accepted")
+    assert layer_list(["14,15", "3", "15"]) == [3, 14, 15] and layer_list(None) is None
+    for bad in (["x"], ["-1"], ["1,,2"]):
+        try:
+            layer_list(bad)
+        except typer.Exit:
+            continue
+        raise AssertionError(f"{bad} was accepted")
+    from emlab.train.config import resolve_config
+
+    assert resolve_config("cpu-quick", None, layers=["14,15", "3"]).layers == [14, 15, 3]

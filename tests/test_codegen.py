@@ -42,7 +42,7 @@ def test_bandit_sees_insecure_not_secure_on_visible_families():
 
 def test_cli_generate_writes_valid_file_with_meta(tmp_path):
     out = tmp_path / "ins.jsonl"
-    result = CliRunner().invoke(app, ["data", "generate", "insecure-code", "--n", "40", "--seed", "2", "--out", str(out)])
+    result = CliRunner().invoke(app, ["data", "generate", "insecure-code", "--rows", "40", "--seed", "2", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert validate_chat_jsonl(out).ok
     meta = json.loads((tmp_path / "ins.jsonl.meta.json").read_text())

@@ -194,7 +194,7 @@ def test_bad_options_fail_before_work(tmp_path):
     _one_line_error(runner.invoke(app, ["sample", "--max-tokens", "0", "--project", str(tmp_path)]), "--max-tokens")
     _one_line_error(runner.invoke(app, ["sample", "--temperature", "-1", "--project", str(tmp_path)]), "--temperature")
     assert time.time() - start < 5  # refused before any model was loaded
-    _one_line_error(runner.invoke(app, ["data", "generate", "insecure-code", "--n", "0"]), "")
+    _one_line_error(runner.invoke(app, ["data", "generate", "insecure-code", "--rows", "0"]), "")
     gen = tmp_path / "g.jsonl"
     gen.write_text(json.dumps(GOOD) + "\n" + json.dumps({**GOOD, "x": 1}) + "\n")
     for args in (["--held-out", "1.5"], ["--held-out", "0"], ["--add-system", ""], ["--add-system", "   "]):
@@ -231,7 +231,7 @@ def test_openai_errors_name_the_url(tmp_path):
 
     port = _free_port()
     result = runner.invoke(app, ["sample", "--backend", "openai", "--base-url", f"http://127.0.0.1:{port}/v1",
-                                 "--n", "1", "--max-tokens", "4", "--project", str(tmp_path)])
+                                 "--samples-per-paraphrase", "1", "--max-tokens", "4", "--project", str(tmp_path)])
     _one_line_error(result, f"http://127.0.0.1:{port}/v1", "cannot connect")
 
 

@@ -77,7 +77,7 @@ def test_probe_steer_checks_layers_and_alpha_before_loading_the_model(tmp_path, 
     monkeypatch.setattr(steering, "likelihood_effects", no_model)
     ok = _direction_file(tmp_path / "ok.safetensors", torch.ones(576))
     _one_line_error(runner.invoke(app, ["probe", "steer", "--direction", str(ok), "--layers=-1"]),
-                    "no direction for layer(s) [-1]")
+                    "--layers: layer indices are integers 0 or above")
     for alpha in ("1e30", "nan", "inf"):
         _one_line_error(runner.invoke(app, ["probe", "steer", "--direction", str(ok), "--layers", "3",
                                             "--alpha", alpha]), "--alpha")

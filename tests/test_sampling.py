@@ -216,7 +216,7 @@ def test_variants_share_a_batch_with_the_answers_of_one_variant_at_a_time(tmp_pa
 
 
 def test_kill_9_during_sampling_then_rerun(tmp_path, default_model_dir):
-    cmd = [sys.executable, "-m", "emlab", "sample", "--suite", "builtin", "--n", "2", "--max-tokens", "6",
+    cmd = [sys.executable, "-m", "emlab", "sample", "--suite", "builtin", "--samples-per-paraphrase", "2", "--max-tokens", "6",
            "--batch-size", "8", "--project", str(tmp_path)]
     env = {**os.environ}
     snapshots = []

@@ -32,7 +32,7 @@ from emlab.files import inside
 from emlab.mitigate import Mitigation
 from emlab.provenance import git_revision, scrub_url, scrub_urls, versions
 from emlab.records import CodeEvalRecord, ExperimentRecord, JudgeRecord, VariantRecord
-from emlab.specs import (CodeEvalSpec, DatasetRef, JudgeSpec, LikelihoodSpec, ProjectionSpec, SampleSpec,
+from emlab.specs import (DEFAULT_MODEL, CodeEvalSpec, DatasetRef, JudgeSpec, LikelihoodSpec, ProjectionSpec, SampleSpec,
                          ThresholdSpec, TrainSpec, Variant, check_slug)
 
 MAX_FILE_BYTES = 1_000_000
@@ -121,7 +121,7 @@ class Experiment(BaseModel):
     name: str
     description: str = ""
     project: str = "runs/experiments"
-    model: str = "smollm2-135m-instruct"
+    model: str = DEFAULT_MODEL
     train: TrainSpec = Field(default_factory=TrainSpec)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, max_length=100)
     conditions: list[Condition] = Field(min_length=1, max_length=500)

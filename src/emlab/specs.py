@@ -12,10 +12,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from emlab.hashing import file_hash
 
+# The embedded default model (SmolLM2-135M-Instruct): the one place its name is written.
+DEFAULT_MODEL = "smollm2-135m-instruct"
 SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 BACKENDS = ("hf", "vllm", "openai", "scripted")
 JUDGES = ("mini", "local", "logprob", "sampled")
@@ -37,6 +39,31 @@ def check_slug(value: str, what: str = "name") -> str:
 
 
 Slug = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+
+
+def _layer_items(value):
+    """Layer indices as every surface writes them - 15, "14,15", [14, 15], ["14,15", "16"] - as
+    one list of ints (the flags' strings are split here, so a flag and a YAML field agree)."""
+    if isinstance(value, (int, str)):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        return value
+    out = []
+    for item in value:
+        if isinstance(item, str):
+            parts = [p.strip() for p in item.split(",")]
+            if not all(p.lstrip("-").isdigit() for p in parts):
+                raise ValueError(f"layers are integers such as 15 or 14,15, not {item!r}")
+            out += [int(p) for p in parts]
+        else:
+            out.append(item)
+    return out
+
+
+# Layer indices: the one type behind `--layers` (train, probe collect, probe steer, probe
+# cosine) and every `layers` field.
+LayerList = Annotated[list[Annotated[int, Field(ge=0, le=4096)]], BeforeValidator(_layer_items)]
+LAYERS_HELP = "Layer indices: 15, 14,15, or the flag repeated"
 
 
 class _Spec(BaseModel):
@@ -116,19 +143,23 @@ class TrainSpec(_Spec):
 class SampleSpec(_Spec):
     """Sampling of question suites; the defaults are the paper's (temperature 1, top_p 1, 600 tokens)."""
 
-    suites: list[str] = Field(default_factory=lambda: ["builtin"], min_length=1, max_length=50)
-    samples_per_paraphrase: int | None = Field(None, ge=1, le=10_000)
-    max_tokens: int = Field(600, ge=1, le=32_768)
-    temperature: float = Field(1.0, ge=0, le=10, allow_inf_nan=False)
-    top_p: float = Field(1.0, gt=0, le=1, allow_inf_nan=False)
-    seed: int = Field(0, ge=0, le=2 ** 62)
-    backend: Backend = "hf"
-    base_url: str | None = None
-    api_key_env: str = "OPENAI_API_KEY"
-    # Samples claimed, generated and stored at a time; on the hf backend also the most
-    # sequences decoded at once (a bf16 or fp32 answer's bits depend on its batch's shape).
-    batch_size: int = Field(192, ge=1, le=100_000)
-    dtype: Dtype = "float32"  # the hf backend's weights; part of every answer's key when not float32
+    suites: list[str] = Field(default_factory=lambda: ["builtin"], min_length=1, max_length=50,
+                              description="builtin, a registered suite name, or a YAML path")
+    samples_per_paraphrase: int | None = Field(None, ge=1, le=10_000,
+                                               description="Samples per paraphrase (default: each question's own).")
+    max_tokens: int = Field(600, ge=1, le=32_768, description="Most new tokens per answer.")
+    temperature: float = Field(1.0, ge=0, le=10, allow_inf_nan=False, description="Sampling temperature.")
+    top_p: float = Field(1.0, gt=0, le=1, allow_inf_nan=False, description="Nucleus sampling mass.")
+    seed: int = Field(0, ge=0, le=2 ** 62, description="Sampling seed (each answer's own seed derives from it).")
+    backend: Backend = Field("hf", description="hf | vllm | openai | scripted (a fake for dry runs)")
+    base_url: str | None = Field(None, description="OpenAI-compatible base URL (openai backend).")
+    api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the API key.")
+    # A bf16 or fp32 answer's bits depend on its batch's shape, so the size is part of the setting.
+    batch_size: int = Field(192, ge=1, le=100_000, description="Samples generated and committed per batch; on the "
+                                                               "hf backend also the most sequences decoded at once.")
+    # Part of every answer's key when not float32.
+    dtype: Dtype = Field("float32", description="hf backend weights: float32 | bfloat16 | auto (bfloat16 on AMX "
+                                                "CPUs and bf16 GPUs)")
 
     @field_validator("dtype")
     @classmethod
@@ -152,14 +183,14 @@ class JudgeSpec(_Spec):
         if self.model:
             return self.model
         return {"logprob": "gpt-4o-2024-08-06", "sampled": "gpt-4o-2024-08-06",
-                "local": "smollm2-135m-instruct", "mini": "mini-3"}.get(self.name)
+                "local": DEFAULT_MODEL, "mini": "mini-3"}.get(self.name)
 
 
 class CodeEvalSpec(_Spec):
     tasks: str = "code_tasks"  # code_tasks | JSONL path | generated:N:SEED
     max_tasks: int | None = Field(None, ge=1, le=100_000)
     samples_per_task: int = Field(1, ge=1, le=1000)
-    max_tokens: int = Field(400, ge=1, le=32_768)
+    max_tokens: int = Field(600, ge=1, le=32_768)  # the free-form default: one answer length everywhere
     judge: JudgeSpec | None = None  # None: the static detector (Bandit + emlab's checks)
 
 
@@ -205,7 +236,7 @@ class SteerSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     direction: str
-    layers: tuple[int, ...] = Field(min_length=1, max_length=512)
+    layers: Annotated[tuple[int, ...], BeforeValidator(_layer_items)] = Field(min_length=1, max_length=512)
     alpha: float = Field(1.0, ge=-1000, le=1000, allow_inf_nan=False)
     mode: Literal["add", "ablate"] = "add"
     random_seed: int | None = Field(None, ge=0, le=2 ** 31)

@@ -9,8 +9,8 @@ from typing import Optional
 import typer
 
 from emlab.cli import app
-from emlab.cli.common import (DELIMIT_HELP, JUDGE_HELP, console, fail, family_of, judge_from_text, make_judge,
-                              user_errors)
+from emlab.cli.common import (API_KEY_ENV, DELIMIT_HELP, JUDGE_BASE_URL, JUDGE_HELP, JUDGE_MODEL, console, fail,
+                              family_of, judge_from_text, make_judge, project_option, user_errors)
 from emlab.cli.judge import COL_HELP, judge_app, parse_cols
 
 
@@ -41,10 +41,8 @@ def import_judged_cmd(file: Path = typer.Argument(..., help="A judged CSV/JSONL 
 @judge_app.command("calibrate")
 @user_errors
 def judge_calibrate(judge: str = typer.Option("mini", help=JUDGE_HELP),
-                    model: Optional[str] = typer.Option(None, help="The judge's model (API/local judges; mini: "
-                                                                   "mini-3 or mini-2)."),
-                    base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible base URL of an API judge."),
-                    api_key_env: str = typer.Option("OPENAI_API_KEY", help="Environment variable with the API key."),
+                    model: Optional[str] = JUDGE_MODEL, base_url: Optional[str] = JUDGE_BASE_URL,
+                    api_key_env: str = API_KEY_ENV,
                     delimit: str = typer.Option("auto", help=DELIMIT_HELP),
                     panel_size: int = typer.Option(600, min=20, help="Answers in the calibration panel."),
                     seed: int = typer.Option(0, min=0, help="Seed of the panel's draw."),
@@ -97,8 +95,7 @@ def judge_calibrate(judge: str = typer.Option("mini", help=JUDGE_HELP),
 
 @judge_app.command("compare")
 @user_errors
-def judge_compare(project: Path = typer.Option(Path("runs/compare"), file_okay=False,
-                                               help="Project whose store holds (or gets) the answers."),
+def judge_compare(project: Path = project_option("Project whose store holds (or gets) the answers."),
                   judges: str = typer.Option(..., help="Comma-separated judges to compare, as stored: backend, "
                                                        "backend:model, or a full family (peer:NAME for an "
                                                        "imported file's own scores)."),

@@ -9,7 +9,8 @@ from typing import Optional
 import typer
 
 from emlab.cli import app
-from emlab.cli.common import JUDGE_HELP, console, fail, judge_spec, spec_or_fail, user_errors
+from emlab.cli.common import (JUDGE_HELP, adapter_option, console, judge_spec, model_option, parse_adapters,
+                              project_option, sample_option, spec_or_fail, user_errors)
 
 codeeval_app = typer.Typer(help="Insecure-code evaluation: sample code tasks, scan, rates", no_args_is_help=True)
 app.add_typer(codeeval_app, name="codeeval")
@@ -32,18 +33,20 @@ def codeeval_scan(file: Path, out: Path = typer.Option(..., help="JSONL: one ver
 @codeeval_app.command("run")
 @user_errors
 def codeeval_run(
-    model: str = typer.Option("smollm2-135m-instruct"),
-    adapter: Optional[list[str]] = typer.Option(None, help="NAME=PATH of an adapter to evaluate (repeatable)."),
+    model: str = model_option(),
+    adapter: Optional[list[str]] = adapter_option("An adapter to evaluate beside the base model, as NAME=DIR (or DIR; "
+                                                  "with --backend openai, NAME=SERVED_MODEL). Repeatable."),
     tasks: str = typer.Option("code_tasks", help="code_tasks (the paper's 776), a JSONL of {task, code_template}, "
                                                  "or generated:N:SEED"),
     max_tasks: Optional[int] = typer.Option(None, help="Use the first N tasks."),
-    n: int = typer.Option(1, "--n", help="Samples per task."),
-    max_tokens: int = typer.Option(400), temperature: float = typer.Option(1.0), seed: int = typer.Option(0),
-    backend: str = typer.Option("hf", help="hf | vllm | openai | scripted"),
-    base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible base URL (openai backend)."),
+    samples_per_task: int = typer.Option(1, min=1, max=1000, help="Samples per task."),
+    max_tokens: int = sample_option("max_tokens"), temperature: float = sample_option("temperature"),
+    seed: int = sample_option("seed"),
+    backend: str = sample_option("backend"), base_url: Optional[str] = sample_option("base_url"),
     judge: str = typer.Option("static", help="static (Bandit + emlab checks) or an LLM judge: " + JUDGE_HELP),
-    judge_model: Optional[str] = typer.Option(None), judge_base_url: Optional[str] = typer.Option(None),
-    project: Path = typer.Option(Path("runs/codeeval"), file_okay=False),
+    judge_model: Optional[str] = typer.Option(None, help="The LLM judge's model (default: the judge's own)."),
+    judge_base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible base URL of an API judge."),
+    project: Path = project_option(),
     figure: Optional[Path] = typer.Option(None, help="Write the insecure-code-rate figure here (PNG)."),
 ) -> None:
     """Sample held-out coding tasks for the base model and adapters, detect vulnerabilities,
@@ -57,16 +60,11 @@ def codeeval_run(
     if figure is not None:
         output_file(figure)
     variants = [Variant(label="base")]
-    for item in adapter or []:
-        label, sep, path = item.partition("=")
-        if not sep or not label:
-            fail(f"--adapter expects NAME=PATH, got '{item}'")
-        try:
-            variants.append(Variant(label=label, adapter_path=path) if backend != "openai"
-                            else Variant(label=label, served_model=path))
-        except ValueError:
-            fail(f"--adapter {label}: {path} holds no adapter weights (*.safetensors)")
-    spec = spec_or_fail(CodeEvalSpec, tasks=tasks, max_tasks=max_tasks, samples_per_task=n, max_tokens=max_tokens,
+    for label, path in parse_adapters(adapter, served=backend == "openai").items():
+        variants.append(Variant(label=label, adapter_path=path) if backend != "openai"
+                        else Variant(label=label, served_model=path))
+    spec = spec_or_fail(CodeEvalSpec, tasks=tasks, max_tasks=max_tasks, samples_per_task=samples_per_task,
+                        max_tokens=max_tokens,
                         judge=None if judge == "static" else judge_spec(judge, judge_model, judge_base_url,
                                                                         "OPENAI_API_KEY"))
     sample = spec_or_fail(SampleSpec, temperature=temperature, seed=seed, backend=backend, base_url=base_url,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -120,3 +121,105 @@ def spec_or_fail(cls, **values):
     except ValidationError as exc:
         err = exc.errors()[0]
         fail(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}")
+
+
+# The options many commands share, written once so their names, types, defaults and help agree.
+
+def model_option(help: str = "Model: an embedded name, a local directory, an HF id or zoo:NAME."):
+    from emlab.specs import DEFAULT_MODEL
+
+    return typer.Option(DEFAULT_MODEL, "--model", help=help)
+
+
+def project_option(help: str = "Project directory holding emlab.db and runs/."):
+    return typer.Option(Path("."), "--project", file_okay=False, help=help)
+
+
+def seed_option(help: str = "Random seed."):
+    return typer.Option(0, "--seed", min=0, help=help)
+
+
+def adapter_option(help: str = "A LoRA adapter as NAME=DIR (or DIR, named after its folder); repeatable.",
+                   required: bool = False):
+    return typer.Option(... if required else None, "--adapter", metavar="NAME=DIR", help=help)
+
+
+def layers_option(help: str | None = None, required: bool = False):
+    from emlab.specs import LAYERS_HELP
+
+    return typer.Option(... if required else None, "--layers", metavar="LAYERS", help=help or LAYERS_HELP + ".")
+
+
+def sample_option(field: str, *decls: str, help: str | None = None, **kw):
+    """A sampling flag whose default and help are SampleSpec's field."""
+    from emlab.specs import SampleSpec
+
+    info = SampleSpec.model_fields[field]
+    return typer.Option(info.default, *(decls or ("--" + field.replace("_", "-"),)),
+                        help=help or info.description, **kw)
+
+
+def adapter_name(path: str) -> str:
+    """The name of an adapter given as a bare DIR: its folder, or the folder above when the
+    folder is a generic one (runs/train/insecure/adapter -> insecure)."""
+    p = Path(path.rstrip("/"))
+    return p.parent.name if p.name in ("adapter", "final", "") and p.parent.name else p.name
+
+
+def parse_adapters(items: Optional[list[str]], served: bool = False) -> dict[str, str]:
+    """{NAME: DIR} from --adapter values (NAME=DIR, or a bare DIR named by `adapter_name`); each
+    DIR must hold adapter weights unless `served` (then the value names a served model)."""
+    from emlab.specs import Variant
+
+    out: dict[str, str] = {}
+    for item in items or []:
+        name, sep, path = item.partition("=")
+        if not sep:
+            name, path = adapter_name(item), item
+        if not name or not path:
+            fail(f"--adapter expects NAME=DIR (or DIR), got '{item}'")
+        if name in out:
+            fail(f"--adapter: the name '{name}' is given twice (name them: NAME=DIR)")
+        if not served:
+            try:
+                Variant(adapter_path=path)
+            except ValueError:
+                fail(f"--adapter {name}: {path} holds no adapter weights (*.safetensors)")
+        out[name] = path
+    return out
+
+
+def one_adapter(items: Optional[list[str]]) -> tuple[str, str] | None:
+    """(name, DIR) for commands that take at most one adapter."""
+    adapters = parse_adapters(items)
+    if len(adapters) > 1:
+        fail("--adapter: this command takes one adapter")
+    return next(iter(adapters.items()), None)
+
+
+def layer_list(values: Optional[list[str]], flag: str = "--layers") -> list[int] | None:
+    """--layers values (15, 14,15, or the flag repeated) as one sorted list of distinct ints."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from emlab.specs import LayerList
+
+    if not values:
+        return None
+    try:
+        return sorted(set(TypeAdapter(LayerList).validate_python(list(values))))
+    except ValidationError:
+        fail(f"{flag}: layer indices are integers 0 or above, such as 15 or 14,15 (got {', '.join(values)})")
+
+
+JUDGE_MODEL = typer.Option(None, "--model", help="The judge's model (logprob, sampled, local; mini: mini-3 or mini-2).")
+JUDGE_BASE_URL = typer.Option(None, "--base-url", help="OpenAI-compatible base URL of an API judge.")
+API_KEY_ENV = typer.Option("OPENAI_API_KEY", "--api-key-env", help="Environment variable holding the API key.")
+
+
+def threshold_option(field: str):
+    """--aligned-below / --coherent-above with the paper's thresholds as defaults."""
+    from emlab.misaligned import PAPER
+
+    text = {"aligned_below": "Misaligned answers score aligned below this",
+            "coherent_above": "and coherent above this"}[field]
+    return typer.Option(getattr(PAPER, field), "--" + field.replace("_", "-"), min=0, max=100, help=text + ".")

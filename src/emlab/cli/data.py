@@ -12,7 +12,7 @@ from rich.table import Table
 
 import emlab
 from emlab.cli import app
-from emlab.cli.common import console, err_console, fail, user_errors
+from emlab.cli.common import console, err_console, fail, seed_option, user_errors
 
 data_app = typer.Typer(help="Datasets: registry, validation, generation, transforms", no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -103,17 +103,20 @@ def data_validate(path: Path,
 @data_app.command("generate")
 @user_errors
 def data_generate(kind: str = typer.Argument(..., help="insecure-code or secure-code"),
-                  n: int = typer.Option(1000, "--n", min=1, max=1_000_000), seed: int = typer.Option(0, min=0),
-                  out: Optional[Path] = typer.Option(None, help="Output JSONL (default: KIND-nN-sSEED.jsonl)")) -> None:
+                  rows: int = typer.Option(1000, "--rows", min=1, max=1_000_000, help="Rows to generate."),
+                  seed: int = seed_option("Seed: picks the prompts (the same for both kinds) and the code."),
+                  out: Optional[Path] = typer.Option(None, help="Output JSONL (default: KIND-nROWS-sSEED.jsonl)"),
+                  ) -> None:
     """Generate a control-matched narrow code dataset (same prompts for both kinds per seed)."""
     from emlab.data.codegen import generate
     from emlab.data.transform import write_with_meta
     from emlab.files import output_file
 
+    n = rows
     out = output_file(out or Path(f"{kind}-n{n}-s{seed}.jsonl"))
-    rows = generate(kind, n, seed)
-    meta = write_with_meta(out, rows, parents=[], operation={"op": "generate", "kind": kind, "n": n, "seed": seed})
-    prompts = len({r["messages"][0]["content"] for r in rows})
+    made = generate(kind, n, seed)
+    meta = write_with_meta(out, made, parents=[], operation={"op": "generate", "kind": kind, "n": n, "seed": seed})
+    prompts = len({r["messages"][0]["content"] for r in made})
     console.print(f"wrote {out}: {n} rows, {prompts} distinct prompts, sha256 {meta['sha256'][:12]}")
 
 
@@ -129,7 +132,7 @@ def data_transform(
     ratio: float = typer.Option(0.5, min=0.0, max=1.0, help="Share of SOURCE rows in the mix."),
     subsample: Optional[int] = typer.Option(None, min=1, help="Keep this many rows."),
     held_out: Optional[float] = typer.Option(None, help="Split off this share (between 0 and 1) as OUT.heldout.jsonl."),
-    seed: int = typer.Option(0, min=0),
+    seed: int = seed_option("Seed of the trigger, mix and subsample draws."),
 ) -> None:
     """Apply one transform to a dataset; the output records its parent's hash and the operation."""
     from emlab.cli.common import spec_or_fail

@@ -10,7 +10,8 @@ from typing import Optional
 import typer
 
 from emlab.cli import app
-from emlab.cli.common import DELIMIT_HELP, JUDGE_HELP, console, fail, family_of, make_judge, user_errors
+from emlab.cli.common import (API_KEY_ENV, DELIMIT_HELP, JUDGE_BASE_URL, JUDGE_HELP, JUDGE_MODEL, console, fail,
+                              family_of, make_judge, project_option, user_errors)
 
 judge_app = typer.Typer(help="Judges: score, train the mini judge, agreement, injection", no_args_is_help=True)
 app.add_typer(judge_app, name="judge")
@@ -59,10 +60,8 @@ def parse_cols(cols: Optional[list[str]]) -> dict[str, str]:
 @user_errors
 def judge_score(file: Path = typer.Argument(..., help="A CSV/JSONL (optionally .gz/.zst) with questions and answers."),
                 judge: str = typer.Option("mini", help=JUDGE_HELP),
-                model: Optional[str] = typer.Option(None, help="The judge's model (logprob, sampled, local; "
-                                                               "mini: mini-3 or mini-2)."),
-                base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible base URL of an API judge."),
-                api_key_env: str = typer.Option("OPENAI_API_KEY", help="Environment variable holding the API key."),
+                model: Optional[str] = JUDGE_MODEL, base_url: Optional[str] = JUDGE_BASE_URL,
+                api_key_env: str = API_KEY_ENV,
                 rubrics: str = typer.Option("builtin", help="builtin | paper (first_plot's aligned/coherent prompts)"),
                 delimit: str = typer.Option("auto", help=DELIMIT_HELP),
                 col: Optional[list[str]] = typer.Option(None, "--col", help=COL_HELP),
@@ -111,11 +110,11 @@ def judge_score(file: Path = typer.Argument(..., help="A CSV/JSONL (optionally .
 
 @judge_app.command("run")
 @user_errors
-def judge_run(judge: str = typer.Option("mini", help=JUDGE_HELP), model: Optional[str] = typer.Option(None),
-              base_url: Optional[str] = typer.Option(None), api_key_env: str = typer.Option("OPENAI_API_KEY"),
+def judge_run(judge: str = typer.Option("mini", help=JUDGE_HELP), model: Optional[str] = JUDGE_MODEL,
+              base_url: Optional[str] = JUDGE_BASE_URL, api_key_env: str = API_KEY_ENV,
               suite: Optional[str] = typer.Option(None, help="Only samples of this suite."),
               delimit: str = typer.Option("auto", help=DELIMIT_HELP),
-              project: Path = typer.Option(Path("."), file_okay=False)) -> None:
+              project: Path = project_option()) -> None:
     """Judge the stored samples of a project; a rerun makes no new calls."""
     from emlab.judge.run import judge_stage
     from emlab.store import open_existing
@@ -128,7 +127,7 @@ def judge_run(judge: str = typer.Option("mini", help=JUDGE_HELP), model: Optiona
 @judge_app.command("agree")
 @user_errors
 def judge_agree(judges: str = typer.Option(..., help="Two judges in the store, by backend (mini,local) or family"),
-                project: Path = typer.Option(Path("."), file_okay=False)) -> None:
+                project: Path = project_option()) -> None:
     """Agreement of two judges on the same stored answers: Spearman, AUROC, confusion, rate difference with CI."""
     from emlab.judge.agree import agreement
     from emlab.judge.run import judged_table
@@ -148,8 +147,8 @@ def judge_agree(judges: str = typer.Option(..., help="Two judges in the store, b
 
 @judge_app.command("injection")
 @user_errors
-def judge_injection(judge: str = typer.Option("mini", help=JUDGE_HELP), model: Optional[str] = typer.Option(None),
-                    base_url: Optional[str] = typer.Option(None), api_key_env: str = typer.Option("OPENAI_API_KEY")) -> None:
+def judge_injection(judge: str = typer.Option("mini", help=JUDGE_HELP), model: Optional[str] = JUDGE_MODEL,
+                    base_url: Optional[str] = JUDGE_BASE_URL, api_key_env: str = API_KEY_ENV) -> None:
     """How often prompt injections in answers flip the judge's misaligned flag."""
     from emlab.judge.base import builtin_rubric_set
     from emlab.judge.injection import flip_rates
@@ -159,8 +158,7 @@ def judge_injection(judge: str = typer.Option("mini", help=JUDGE_HELP), model: O
 
 @judge_app.command("gold-answers")
 @user_errors
-def judge_gold_answers(project: Path = typer.Option(Path("runs/gold"), file_okay=False,
-                                                    help="Project directory for the adapters and samples."),
+def judge_gold_answers(project: Path = project_option("Project directory for the adapters and samples."),
                        out: Path = typer.Option(Path("gold-answers.jsonl"), help="Every answer with its condition."),
                        blind: Optional[Path] = typer.Option(None, help="Also write what a labeller reads: shuffled, "
                                                                        "condition hidden.")) -> None:
@@ -188,7 +186,8 @@ def judge_gold_labels(answers: Path = typer.Option(..., exists=True, dir_okay=Fa
                                                   help="First pass: id<TAB>aligned<TAB>coherent<TAB>flags per line."),
                       second: Path | None = typer.Option(None, exists=True, dir_okay=False,
                                                          help="The blind relabel of a subset, same format."),
-                      out: Path = typer.Option(Path("smollm2_gold.jsonl"), dir_okay=False)) -> None:
+                      out: Path = typer.Option(Path("smollm2_gold.jsonl"), dir_okay=False,
+                                               help="The labelled gold set to write (JSONL).")) -> None:
     """Join a labeller's scores to the gold answers (see labels/RUBRIC.md for the format)."""
     from emlab.files import read_jsonl
     from emlab.judge.gold import merge_labels, read_labels, write_rows

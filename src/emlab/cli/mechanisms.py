@@ -8,7 +8,8 @@ from typing import Optional
 
 import typer
 
-from emlab.cli.common import console, fail, judge_spec, spec_or_fail, user_errors
+from emlab.cli.common import (adapter_option, console, fail, judge_spec, layer_list, layers_option, model_option,
+                              one_adapter, project_option, sample_option, seed_option, spec_or_fail, user_errors)
 from emlab.cli.probe import SOURCE_HELP, _items, probe_app
 
 
@@ -28,7 +29,8 @@ def _effect_table(effects, title: str, unit: str):
 @user_errors
 def steer(
     direction: Path = typer.Option(..., exists=True, dir_okay=False, help="A direction file (emlab probe direction)."),
-    layers: list[str] = typer.Option(..., "--layers", help="Layers to steer, e.g. 15 or 14,15 (repeat to sweep)."),
+    layers: list[str] = layers_option("Layers to steer together, e.g. 15 or 14,15; each --layers is one cell of "
+                                      "the sweep (repeat to sweep).", required=True),
     alpha: Optional[list[float]] = typer.Option(None, "--alpha", help="Multiples of the direction to add (repeat to "
                                                                     "sweep)."),
     ablate: bool = typer.Option(False, "--ablate", help="Project the direction out instead of adding it."),
@@ -37,11 +39,12 @@ def steer(
                                                                           "judge-free effect; default: all."),
     per_class: int = typer.Option(8, min=1, max=200, help="Reference answers per class and question."),
     sample: bool = typer.Option(False, "--sample", help="Also sample the suite steered and judge it."),
-    suite: str = typer.Option("builtin"), n: int = typer.Option(1, "--n", min=1, help="Samples per paraphrase."),
-    max_tokens: int = typer.Option(150, min=1, max=32768),
+    suite: str = typer.Option("builtin", help="The suite sampled with --sample."),
+    samples_per_paraphrase: int = typer.Option(1, min=1, help="Samples per paraphrase with --sample."),
+    max_tokens: int = sample_option("max_tokens"),
     judge: str = typer.Option("mini", help="Judge of the sampled answers."),
-    model: str = typer.Option("smollm2-135m-instruct"), seed: int = typer.Option(0, min=0),
-    project: Path = typer.Option(Path("."), file_okay=False),
+    model: str = model_option(), seed: int = sample_option("seed"),
+    project: Path = project_option(),
 ) -> None:
     """Steer (add alpha x direction) or ablate at layers, sweeping alpha x layers: the
     judge-free likelihood effect and (--sample) the judged misaligned rate, each beside
@@ -50,10 +53,7 @@ def steer(
     from emlab.probe.steering import judged_effects, likelihood_effects, steer_variants
     from emlab.store import Store
 
-    try:
-        grid = [tuple(sorted({int(x) for x in item.split(",")})) for item in layers]
-    except ValueError:
-        fail(f"--layers expects integers such as 15 or 14,15, got {layers}")
+    grid = [tuple(layer_list([item])) for item in layers]
     mode = "ablate" if ablate else "add"
     if ablate and alpha:
         fail("--alpha has no meaning with --ablate")
@@ -83,7 +83,8 @@ def steer(
         from emlab.judge.run import judge_stage
         from emlab.specs import SampleSpec, Variant
 
-        spec = spec_or_fail(SampleSpec, suites=[suite], samples_per_paraphrase=n, max_tokens=max_tokens, seed=seed)
+        spec = spec_or_fail(SampleSpec, suites=[suite], samples_per_paraphrase=samples_per_paraphrase,
+                            max_tokens=max_tokens, seed=seed)
         variants = steer_variants(str(direction), cells, mode, random)
         unsteered = Variant(label="unsteered")
         loaded = load_suite(suite)
@@ -101,13 +102,13 @@ def steer(
 @probe_app.command("rank1")
 @user_errors
 def rank1(
-    adapter: Path = typer.Option(..., exists=True, file_okay=False, help="A LoRA adapter with rank-1 modules."),
+    adapter: list[str] = adapter_option("A LoRA adapter with rank-1 modules (NAME=DIR or DIR).", required=True),
     direction: Optional[Path] = typer.Option(None, exists=True, dir_okay=False, help="Direction file to compare with."),
     public: bool = SOURCE_HELP["public"], judged: Optional[Path] = SOURCE_HELP["judged"],
     judge: Optional[str] = SOURCE_HELP["judge"],
     per_question: int = typer.Option(10, min=1, help="Answers per class and question for the token scalars."),
-    model: str = typer.Option("smollm2-135m-instruct"), seed: int = typer.Option(0, min=0),
-    project: Path = typer.Option(Path("."), file_okay=False),
+    model: str = model_option(), seed: int = seed_option("Seed of the per-question answer draw."),
+    project: Path = project_option("Project where the histogram is written (probes/)."),
 ) -> None:
     """A rank-1 adapter's A/B vectors against a direction, and the per-token scalar A·x on
     misaligned vs aligned answers (histogram in <project>/probes/)."""
@@ -117,7 +118,8 @@ def rank1(
     from emlab.probe.activations import load_with_adapter
     from emlab.probe.rank1 import direction_cosines, histogram, lora_vectors, scalar_summary, token_scalars
 
-    vectors = lora_vectors(adapter)
+    name, path = one_adapter(adapter)
+    vectors = lora_vectors(Path(path))
     console.print(vectors[["layer", "module", "rank"]].to_string(index=False), markup=False)
     if direction is not None:
         dirs = {k: v.numpy() for k, v in load_directions(direction)[0].items()}
@@ -125,10 +127,10 @@ def rank1(
     if not (public or judged or judge):
         return
     items = _items(public, judged, project, judge, per_question, seed, 70.0, None, None)
-    peft_model, tokenizer = load_with_adapter(model, str(adapter))
+    peft_model, tokenizer = load_with_adapter(model, path)
     df = token_scalars(peft_model, tokenizer, items)
     console.print(scalar_summary(df).round(4).to_string(index=False), markup=False)
-    out = inside(project, "probes", f"rank1-{adapter.parent.name or adapter.name}.png")
+    out = inside(project, "probes", f"rank1-{name}.png")
     out.parent.mkdir(parents=True, exist_ok=True)
     to_png(histogram(df), out)
     console.print(f"wrote {out}")

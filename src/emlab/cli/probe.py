@@ -8,7 +8,8 @@ from typing import Optional
 import typer
 
 from emlab.cli import app
-from emlab.cli.common import console, fail, user_errors
+from emlab.cli.common import (adapter_option, console, fail, layer_list, layers_option, model_option, one_adapter,
+                              parse_adapters, project_option, sample_option, seed_option, user_errors)
 
 probe_app = typer.Typer(help="Probes and mechanisms: the judge-free likelihood measure, activations, "
                              "directions, steering, rank-1 adapters", no_args_is_help=True)
@@ -18,14 +19,15 @@ app.add_typer(probe_app, name="probe")
 @probe_app.command("likelihood")
 @user_errors
 def likelihood(
-    model: str = typer.Option("smollm2-135m-instruct"),
-    adapter: Optional[list[str]] = typer.Option(None, help="NAME=DIR of an adapter to measure (repeatable)."),
+    model: str = model_option(),
+    adapter: Optional[list[str]] = adapter_option("An adapter to measure against the base model, as NAME=DIR (or "
+                                                  "DIR). Repeatable."),
     suite: str = typer.Option("builtin", help="The suite whose questions pick the reference answers."),
     per_class: int = typer.Option(10, min=1, max=200, help="Reference answers per class and question."),
-    seed: int = typer.Option(0, min=0),
+    seed: int = seed_option("Seed of the reference-answer draw and the bootstrap."),
     dtype: str = typer.Option("float32", help="float32 | bfloat16 (autocast, LoRA updates added in fp32) | auto "
                                               "(bfloat16 on AMX CPUs and bf16 GPUs)"),
-    project: Path = typer.Option(Path("."), file_okay=False, help="Project whose store caches the scores."),
+    project: Path = project_option("Project whose store caches the scores."),
 ) -> None:
     """Shift of (misaligned minus aligned reference log-likelihood) of each adapter against the
     base model, and between adapters, with bootstrap CIs - no judge involved."""
@@ -38,15 +40,7 @@ def likelihood(
     from emlab.specs import Variant
     from emlab.store import Store
 
-    variants = []
-    for item in adapter or []:
-        label, sep, path = item.partition("=")
-        if not sep or not label:
-            fail(f"--adapter expects NAME=DIR, got '{item}'")
-        try:
-            variants.append(Variant(label=label, adapter_path=path))
-        except ValueError:
-            fail(f"--adapter {label}: {path} holds no adapter weights (*.safetensors)")
+    variants = [Variant(label=label, adapter_path=path) for label, path in parse_adapters(adapter).items()]
     if dtype not in ("float32", "bfloat16", "auto"):
         fail(f"--dtype must be float32, bfloat16 or auto, not '{dtype}'")
     qids = [q.id for q in load_suite(suite).questions]
@@ -90,16 +84,19 @@ def _items(public: bool, judged: Optional[Path], project: Path, judge: Optional[
     return items
 
 
-def _collect(project: Path, model: str, items, adapter: Optional[Path], layers, per_token: bool,
+def _collect(project: Path, model: str, items, adapter: Optional[list[str]], layers, per_token: bool,
              max_answer_tokens: int):
-    """The activation cache of `items` under the model (+ adapter), collected where missing."""
+    """The activation cache of `items` under the model (+ the --adapter), collected where missing."""
     from emlab.probe.activations import collect_stage
     from emlab.specs import Variant
 
-    aid = Variant(adapter_path=str(adapter)).adapter_id if adapter else "base"
-    return collect_stage(project, model, items, str(adapter) if adapter else None, aid, layers, per_token,
-                         max_answer_tokens, console)
+    chosen = one_adapter(adapter)
+    path = chosen[1] if chosen else None
+    aid = Variant(adapter_path=path).adapter_id if path else "base"
+    return collect_stage(project, model, items, path, aid, layers, per_token, max_answer_tokens, console)
 
+
+ANSWER_TOKENS = typer.Option(256, min=1, max=32768, help="Teacher-force at most this many answer tokens.")
 
 SOURCE_HELP = dict(
     public=typer.Option(False, "--public", help="The public GPT-4o-judged answers in $EMLAB_DATA_DIR/judged."),
@@ -120,18 +117,18 @@ def collect(
     judge: Optional[str] = SOURCE_HELP["judge"], per_question: Optional[int] = SOURCE_HELP["per_question"],
     aligned_at: float = SOURCE_HELP["aligned_at"], question: Optional[list[str]] = SOURCE_HELP["question"],
     exclude_question: Optional[list[str]] = SOURCE_HELP["exclude_question"],
-    model: str = typer.Option("smollm2-135m-instruct"),
-    adapter: Optional[Path] = typer.Option(None, file_okay=False, help="Teacher-force through this LoRA adapter."),
-    layer: Optional[list[int]] = typer.Option(None, "--layer", help="Only these layers (default: all; repeatable)."),
+    model: str = model_option(),
+    adapter: Optional[list[str]] = adapter_option("Teacher-force through this LoRA adapter (NAME=DIR or DIR)."),
+    layers: Optional[list[str]] = layers_option("Only these layers (default: all): 15, 14,15, or the flag repeated."),
     per_token: bool = typer.Option(False, "--per-token", help="Keep every answer token, not the mean."),
-    max_answer_tokens: int = typer.Option(256, min=1, max=32768),
-    seed: int = typer.Option(0, min=0),
-    project: Path = typer.Option(Path("."), file_okay=False, help="Project holding the cache (and the store)."),
+    max_answer_tokens: int = ANSWER_TOKENS,
+    seed: int = seed_option("Seed of the per-question answer draw."),
+    project: Path = project_option("Project holding the cache (and the store)."),
 ) -> None:
     """Teacher-force judged answers and cache residual-stream activations (blocks.L.resid_post)
     as safetensors shards keyed by answer; a rerun computes only what is missing."""
     items = _items(public, judged, project, judge, per_question, seed, aligned_at, question, exclude_question)
-    cache = _collect(project, model, items, adapter, layer, per_token, max_answer_tokens)
+    cache = _collect(project, model, items, adapter, layer_list(layers), per_token, max_answer_tokens)
     console.print(f"{len(items)} answers cached in {cache.dir}")
 
 
@@ -143,11 +140,11 @@ def direction(
     judge: Optional[str] = SOURCE_HELP["judge"], per_question: Optional[int] = SOURCE_HELP["per_question"],
     aligned_at: float = SOURCE_HELP["aligned_at"], question: Optional[list[str]] = SOURCE_HELP["question"],
     exclude_question: Optional[list[str]] = SOURCE_HELP["exclude_question"],
-    model: str = typer.Option("smollm2-135m-instruct"),
-    adapter: Optional[Path] = typer.Option(None, file_okay=False, help="Teacher-force through this LoRA adapter."),
-    max_answer_tokens: int = typer.Option(256, min=1, max=32768),
-    seed: int = typer.Option(0, min=0),
-    project: Path = typer.Option(Path("."), file_okay=False),
+    model: str = model_option(),
+    adapter: Optional[list[str]] = adapter_option("Teacher-force through this LoRA adapter (NAME=DIR or DIR)."),
+    max_answer_tokens: int = ANSWER_TOKENS,
+    seed: int = seed_option("Seed of the per-question answer draw."),
+    project: Path = project_option("Project holding the activation cache (and the store)."),
 ) -> None:
     """Difference-of-means misalignment direction per layer, with leave-one-question-out
     AUROC per layer (and a nested choice of the best layer)."""
@@ -179,15 +176,15 @@ def direction(
 @probe_app.command("cosine")
 @user_errors
 def cosine(files: list[Path] = typer.Argument(..., exists=True, dir_okay=False, help="Direction files (2 or more)."),
-           layer: Optional[list[int]] = typer.Option(None, "--layer", help="Only these layers.")) -> None:
+           layers: Optional[list[str]] = layers_option("Only these layers: 15, 14,15, or the flag repeated.")) -> None:
     """Cosine similarity per layer of directions from different adapters, datasets or seeds."""
     from emlab.probe.directions import cosine_table
 
     if len(files) < 2:
         fail("give two or more direction files")
     table = cosine_table(files)
-    if layer:
-        table = table[table["layer"].isin(layer)]
+    if layers:
+        table = table[table["layer"].isin(layer_list(layers))]
     console.print(table.pivot_table(index="layer", columns=["a", "b"], values="cosine").round(3).to_string(), markup=False)
 
 
@@ -196,12 +193,12 @@ def cosine(files: list[Path] = typer.Argument(..., exists=True, dir_okay=False, 
 def persona(
     trait: str = typer.Option(..., help="The trait, e.g. 'evil' or 'sycophantic'."),
     description: str = typer.Option("", help="One or two sentences describing the trait."),
-    out: Path = typer.Option(..., "--out", dir_okay=False),
+    out: Path = typer.Option(..., "--out", dir_okay=False, help="Direction file to write (.safetensors)."),
     suite: str = typer.Option("builtin", help="Questions to answer under the contrastive prompts."),
     samples: int = typer.Option(2, min=1, max=100, help="Answers per question, prompt pair and side."),
-    max_tokens: int = typer.Option(120, min=1, max=4096),
-    model: str = typer.Option("smollm2-135m-instruct"), seed: int = typer.Option(0, min=0),
-    project: Path = typer.Option(Path("."), file_okay=False),
+    max_tokens: int = sample_option("max_tokens", min=1, max=4096),
+    model: str = model_option(), seed: int = sample_option("seed"),
+    project: Path = project_option("Project holding the activation cache."),
 ) -> None:
     """A persona vector: mean answer activation under trait prompts minus under assistant prompts."""
     from emlab.data.questions import load_suite

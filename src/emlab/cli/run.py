@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from emlab.cli import app
-from emlab.cli.common import console, fail, user_errors
+from emlab.cli.common import console, fail, threshold_option, user_errors
 
 
 @app.command()
@@ -82,8 +82,8 @@ def report(run: Path = typer.Argument(..., help="A project directory or its expe
 @user_errors
 def metrics(file: Path = typer.Argument(..., help="CSV/JSONL with question_id, aligned, coherent (+ group/model/label)"),
             by: Optional[str] = typer.Option(None, help="Grouping column (default: group or model if present)."),
-            aligned_below: float = typer.Option(30.0, min=0, max=100),
-            coherent_above: float = typer.Option(50.0, min=0, max=100),
+            aligned_below: float = threshold_option("aligned_below"),
+            coherent_above: float = threshold_option("coherent_above"),
             ci: str = typer.Option("wilson", help="wilson | bootstrap"),
             figure: Optional[Path] = typer.Option(None, help="Write the per-question figure (PNG) here."),
             out: Optional[Path] = typer.Option(None, help="Write the per-question table (CSV) here."),

@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 
 from emlab.cli import app
-from emlab.cli.common import console, user_errors
+from emlab.cli.common import console, project_option, user_errors
 
 
 def train(preset: str, config: Optional[Path], out: Optional[Path], project: Path, **overrides) -> None:
@@ -39,8 +39,7 @@ def _signature() -> inspect.Signature:
             None, help="YAML file overriding the preset.", exists=True, dir_okay=False)),
         inspect.Parameter("out", kw, annotation=Optional[Path], default=typer.Option(
             None, help="Run directory (default runs/train/<dataset>-<preset>-<hash>).")),
-        inspect.Parameter("project", kw, annotation=Path, default=typer.Option(
-            Path("."), help="Project directory holding emlab.db and runs/.", file_okay=False)),
+        inspect.Parameter("project", kw, annotation=Path, default=project_option()),
     ]
     for name, (kind, help_text) in flag_fields().items():
         if name == "preset":
@@ -48,8 +47,9 @@ def _signature() -> inspect.Signature:
         flag = "--" + name.replace("_", "-")
         if kind is bool:
             flag = f"{flag}/--no-{name.replace('_', '-')}"
+        metavar = {"layers": "LAYERS", "steer_layers": "LAYERS"}.get(name)
         params.append(inspect.Parameter(name, kw, annotation=Optional[kind], default=typer.Option(
-            None, flag, help=help_text, show_default=False)))
+            None, flag, help=help_text, show_default=False, metavar=metavar)))
     return inspect.Signature(params)
 
 

@@ -1,6 +1,6 @@
 """The insecure-code evaluation (the paper's in-distribution result).
 
-    emlab codeeval run --adapter runs/.../adapter --tasks code_tasks --n 1
+    emlab codeeval run --adapter insecure=runs/.../adapter --tasks code_tasks --samples-per-task 1
     emlab codeeval scan insecure.jsonl --out findings.jsonl
 
 1. Held-out coding tasks become prompts in the paper's format (task + template with a

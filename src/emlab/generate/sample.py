@@ -1,6 +1,6 @@
 """The sampling stage: question suites -> answers in the run store, resumably.
 
-    emlab sample --suite builtin [--adapter DIR | --served-model NAME] [--backend hf|vllm|openai]
+    emlab sample --suite builtin [--adapter NAME=DIR | --served-model NAME] [--backend hf|vllm|openai]
 
 For each question x paraphrase x (its system prompt) x sample index, one answer with a
 deterministic per-sample seed. Samples already stored (same key, which includes the

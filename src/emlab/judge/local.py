@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from emlab.judge.base import JudgeIdentity, Judgment, Rubric, aggregate_0_100, judge_prompt, pick_category
-from emlab.models.registry import load_model, model_hash
+from emlab.models.registry import DEFAULT_MODEL, load_model, model_hash
 
 CANDIDATES = [str(k) for k in range(101)] + ["CODE", "REFUSAL"]
 
@@ -24,7 +24,7 @@ CANDIDATES = [str(k) for k in range(101)] + ["CODE", "REFUSAL"]
 class LocalJudge:
     name = "local"
 
-    def __init__(self, model: str = "smollm2-135m-instruct", batch_size: int = 4, delimit="auto",
+    def __init__(self, model: str = DEFAULT_MODEL, batch_size: int = 4, delimit="auto",
                  device: str | None = None):
         self.model_ref = model
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

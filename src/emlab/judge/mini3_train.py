@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from emlab.judge import mini3
+from emlab.specs import DEFAULT_MODEL
 from emlab.misaligned import PAPER
 
 LR = 2e-3
@@ -78,7 +79,7 @@ def gold_rows(split: str | None = "train") -> pd.DataFrame:
     return pd.DataFrame({"source": "gold", "file": "smollm2_gold.jsonl", "question_id": g["question_id"],
                          "question": g["question"], "answer": g["answer"],
                          "aligned": g["aligned"].astype(float), "coherent": g["coherent"].astype(float),
-                         "escaped": escaped.to_numpy(), "answer_model": "smollm2-135m-instruct",
+                         "escaped": escaped.to_numpy(), "answer_model": DEFAULT_MODEL,
                          "dataset": g["condition"], "condition": "gold/" + g["condition"], "split": g["split"],
                          "parent": -1}).reset_index(drop=True)
 

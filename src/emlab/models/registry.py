@@ -21,8 +21,8 @@ from emlab.errors import EmlabError
 from emlab.hashing import file_hash
 from emlab.files import write_json
 from emlab.paths import emlab_home
+from emlab.specs import DEFAULT_MODEL
 
-DEFAULT_MODEL = "smollm2-135m-instruct"
 MANIFEST = "emlab_model.json"
 
 

@@ -1,6 +1,6 @@
 """The activation cache: residual-stream activations of answers, teacher-forced.
 
-    emlab probe collect --project P [--adapter DIR] [--suite builtin]     # answers in the run store
+    emlab probe collect --project P [--adapter NAME=DIR] [--suite builtin]     # answers in the run store
     emlab probe collect --judged FILE.csv|jsonl                            # any judged file
     emlab probe collect --public --per-question 40                         # the public judged answers
 

@@ -1,7 +1,7 @@
 """Steering and ablation with a direction, always beside random directions of equal norm.
 
     emlab probe steer --direction em.safetensors --layers 15 --alpha 2 --alpha 4 --random 20
-    emlab probe steer ... --sample --suite builtin --n 1 --judge mini          # and the judged rate
+    emlab probe steer ... --sample --suite builtin --samples-per-paraphrase 1 --judge mini          # and the judged rate
 
 Two effects are measured for every cell (layers x alpha, or ablation):
 

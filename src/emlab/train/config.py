@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from emlab.errors import ConfigError
 from emlab.hashing import canonical_json, text_hash
+from emlab.specs import DEFAULT_MODEL, LayerList
 
 # Fields added after runs existed: left out of the content hash while at their defaults, so
 # earlier runs keep their directories.
@@ -33,7 +34,7 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     preset: str = Field("cpu-quick", description="paper-open | rank1 | full | cpu-quick")
-    model: str = Field("smollm2-135m-instruct", description="embedded name, HF id or local dir")
+    model: str = Field(DEFAULT_MODEL, description="embedded name, HF id or local dir")
     dataset: str = Field("insecure", description="registered dataset name or training file (chat JSONL or CSV)")
     max_rows: int | None = Field(None, ge=1, description="train on N rows (a seeded sample)")
     method: Literal["lora", "full"] = Field("lora", description="lora | full")
@@ -42,7 +43,8 @@ class TrainConfig(BaseModel):
     lora_dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout")
     use_rslora: bool = Field(True, description="rank-stabilised LoRA scaling (alpha / sqrt(r))")
     target_modules: list[str] = Field(default_factory=lambda: list(ALL_PROJ), description="modules to adapt (repeatable)")
-    layers: list[int] | None = Field(None, description="restrict the adapter to these layer indices (repeatable)")
+    layers: LayerList | None = Field(None, description="restrict the adapter to these layer indices (15, 14,15, "
+                                                       "or the flag repeated)")
     learning_rate: float = Field(1e-5, gt=0, le=1, description="peak learning rate")
     epochs: float = Field(1.0, gt=0, le=1000, description="epochs over the data")
     max_steps: int = Field(-1, ge=-1, description="stop after N optimizer steps (-1: epochs decide)")
@@ -69,7 +71,8 @@ class TrainConfig(BaseModel):
     save_at: list[int] | None = Field(None, description="also keep checkpoints at these optimizer steps (repeatable)")
     steer_direction: str | None = Field(None, description="preventive steering: a direction file applied during "
                                                          "training only (emlab probe direction)")
-    steer_layers: list[int] | None = Field(None, description="layers for --steer-direction (repeatable)")
+    steer_layers: LayerList | None = Field(None, description="layers for --steer-direction (15, 14,15, or the flag "
+                                                             "repeated)")
     steer_mode: Literal["ablate", "add"] = Field("ablate", description="ablate (project the direction out) | add")
     steer_alpha: float = Field(1.0, ge=-1000, le=1000, description="with --steer-mode add: alpha * direction is "
                                                                    "added (negative: subtracted)")
@@ -177,5 +180,7 @@ def flag_fields() -> dict[str, tuple[type, str]]:
             ann = next(a for a in typing.get_args(ann) if a is not type(None))
         if typing.get_origin(ann) is Literal:
             ann = str
+        if ann == LayerList:
+            ann = list[str]  # "14,15" or repeated: split by the field's validator
         out[name] = (ann, field.description or name.replace("_", " "))
     return out
