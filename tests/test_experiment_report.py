@@ -202,6 +202,28 @@ def test_report_cli_writes_the_files_it_names(tiny_run):
     assert bad.exit_code == 2 and "no such project" in bad.output
 
 
+def test_compare_puts_experiments_side_by_side(tiny_run, tmp_path):
+    import pandas as pd
+
+    from emlab.results import compare_experiments
+
+    project, record, _ = tiny_run
+    moved = tmp_path / "moved"
+    shutil.copytree(project, moved)  # the same experiment read from a second project
+    heads, rates = compare_experiments([project, moved / "experiments" / "tiny.json"])
+    assert len(heads) == 2 and set(heads["comparison"]) == {"insecure - base"}
+    assert heads["difference"].nunique() == 1 and heads["project"].nunique() == 2
+    assert len(rates) == 4 and set(rates["condition"]) == {"base", "insecure"}
+    assert ((rates["low"] <= rates["misaligned"]) & (rates["misaligned"] <= rates["high"])).all()
+    out = tmp_path / "rates.csv"
+    result = CliRunner().invoke(app, ["compare", str(project), str(moved), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "headline: finetune - its control" in result.output and "insecure - base" in result.output
+    assert len(pd.read_csv(out)) == 4
+    bad = CliRunner().invoke(app, ["compare", str(tmp_path / "nowhere")])
+    assert bad.exit_code == 2 and "no such experiment record or project" in bad.output
+
+
 def test_real_model_experiment_end_to_end(tmp_path, default_model_dir):
     """A few real-model runs stay: the hf backend, a real adapter, the mini judge."""
     exp = {**TINY, "name": "real", "sample": {**TINY["sample"], "backend": "hf"}}

@@ -275,3 +275,27 @@ def test_cpu_lm_head_matches_trls_fused_head():
     finally:
         trl_utils._ChunkedLogProbFunction = original
     assert len(seen) == 3  # a bias, soft-capping, an uncovered statistic: TRL's; the last: emlab's
+
+
+@pytest.mark.model
+def test_report_to_tensorboard_writes_the_loss_curve(tmp_path, tiny_dataset, default_model_dir):
+    """`report_to: [tensorboard]` goes through TRL's trainer: the event file's train/loss is
+    loss.csv, step for step; the setting leaves the run's content hash alone."""
+    import pandas as pd
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from emlab.train.trainer import train
+
+    plain = resolve_config("cpu-quick", dataset=str(tiny_dataset), max_steps=2, max_rows=8, lora_r=2)
+    cfg = resolve_config("cpu-quick", dataset=str(tiny_dataset), max_steps=2, max_rows=8, lora_r=2,
+                         report_to=["tensorboard"])
+    assert cfg.content_hash() == plain.content_hash() and cfg.report_to == ["tensorboard"]
+    run = train(cfg, tmp_path / "run")
+    events = EventAccumulator(str(run.run_dir / "tensorboard"))
+    events.Reload()
+    scalars = [(e.step, e.value) for e in events.Scalars("train/loss")]
+    curve = pd.read_csv(run.run_dir / "loss.csv")
+    assert [s for s, _ in scalars] == curve["step"].tolist() == [1, 2]
+    assert [v for _, v in scalars] == pytest.approx(curve["loss"].tolist(), rel=1e-5)
+    with pytest.raises(Exception, match="report_to"):
+        resolve_config("cpu-quick", report_to=["mlflow"])

@@ -16,7 +16,7 @@ from emlab.data.registry import load_dataset, resolve_dataset, DATASETS
 from emlab.data.questions import load_suite, builtin_suite, Question, Suite
 from emlab.data.validate import validate_chat_jsonl, ValidationReport
 from emlab.models.registry import resolve_model
-from emlab.results import run_experiment, load_results, misaligned_rates
+from emlab.results import compare_experiments, load_results, misaligned_rates, run_experiment
 
 __all__ = [
     "__version__",
@@ -33,4 +33,5 @@ __all__ = [
     "run_experiment",
     "load_results",
     "misaligned_rates",
+    "compare_experiments",
 ]

@@ -70,3 +70,42 @@ def misaligned_rates(results: pd.DataFrame, by: list[str] | None = None, thresho
     elif "judge" in results.columns and "judge" not in by and results["judge"].nunique() > 1:
         by = ["judge", *by]  # rates of different judges are never pooled
     return summarize(results, list(by), thresholds, ci=ci)
+
+
+def compare_experiments(records: list[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Several experiments side by side, as `emlab compare` prints them. `records`: run records
+    or project directories (each project's experiment records, all of them). Returns
+    (headlines: one row per experiment and judge - the finetune-minus-control difference with
+    its CI and p, the likelihood difference; rates: one row per experiment, judge and condition -
+    the raw and corrected misaligned rates with CIs and the answer count)."""
+    from emlab.analysis.report import judge_summaries, record_thresholds
+    from emlab.records import ExperimentRecord
+    from emlab.store import open_existing
+
+    paths: list[Path] = []
+    for record in records:
+        path = Path(record)
+        found = sorted((path / "experiments").glob("*.json")) if path.is_dir() else []
+        paths += found or [_record_path(path)]
+    heads, rates = [], []
+    for path in paths:
+        rec = ExperimentRecord.read(path)
+        where = {"experiment": rec.name, "project": str(path.parent.parent), "model": rec.config["model"]}
+        with open_existing(path.parent.parent) as store:
+            for judge, _, overall, head in judge_summaries(rec, store, record_thresholds(rec)):
+                for r in overall.itertuples():
+                    rates.append({**where, "judge": judge.label, "condition": r.condition, "answers": r.n,
+                                  "misaligned": r.misaligned_rate, "low": r.ci_low, "high": r.ci_high,
+                                  "corrected": r.corrected_rate, "corrected_low": r.corrected_low,
+                                  "corrected_high": r.corrected_high})
+                if head is None:
+                    continue
+                row = {**where, "judge": judge.label, "comparison": head.title, "reliable": head.reliable}
+                if head.rate is not None:
+                    row.update(difference=head.rate.difference, low=head.rate.low, high=head.rate.high,
+                               p=head.rate.p_value)
+                if head.likelihood:
+                    row.update(likelihood=head.likelihood["estimate"], likelihood_low=head.likelihood["low"],
+                               likelihood_high=head.likelihood["high"])
+                heads.append(row)
+    return pd.DataFrame(heads), pd.DataFrame(rates)

@@ -162,8 +162,29 @@ def _condition_table(overall: pd.DataFrame) -> pd.DataFrame:
     })
 
 
-def build_report(record_path: Path, out_dir: Path | None = None) -> Report:
+def record_thresholds(rec) -> Thresholds:
+    """The thresholds an experiment was run with."""
+    th = rec.config["thresholds"]
+    return Thresholds(th["aligned_below"], th["coherent_above"])
+
+
+def judge_summaries(rec, store, t: Thresholds):
+    """Per judge of an experiment with judged answers: (judge record, judged answers, the
+    per-condition summary with its checks, the headline comparison or None)."""
+    from emlab.analysis.headline import headline
     from emlab.analysis.tables import judged_frame
+
+    for judge in rec.judges:
+        df = judged_frame(rec, store, judge.family)
+        if df.empty:
+            continue
+        overall = summarize(df, ["condition"], t, ci="hierarchical", seed_col="seed")
+        overall = add_judgement_checks(overall, rec, judge)
+        overall["judge"] = judge.spec["name"]
+        yield judge, df, overall, headline(rec, df, overall, judge.label, t)
+
+
+def build_report(record_path: Path, out_dir: Path | None = None) -> Report:
     from emlab.records import ExperimentRecord
     from emlab.store import open_existing
 
@@ -172,27 +193,17 @@ def build_report(record_path: Path, out_dir: Path | None = None) -> Report:
     project = Path(record_path).parent.parent
     out_dir = out_dir or project / "reports"
     out_dir.mkdir(parents=True, exist_ok=True)
-    th = record["config"]["thresholds"]
-    t = Thresholds(th["aligned_below"], th["coherent_above"])
+    t = record_thresholds(rec)
     sections: list[str] = []
     md: list[str] = [f"# emlab report: {record['name']}", "", t.describe(), ""]
     summaries = []
     headlines: list = []
     lead: list[str] = []  # the headline comparisons, shown first
     with open_existing(project) as store:
-        for judge in rec.judges:
-            df = judged_frame(rec, store, judge.family)
-            if df.empty:
-                continue
+        for judge, df, overall, head in judge_summaries(rec, store, t):
             name = judge.spec["name"]
             per_q = summarize(df, ["condition", "question_id"], t)
-            overall = summarize(df, ["condition"], t, ci="hierarchical", seed_col="seed")
-            overall = add_judgement_checks(overall, rec, judge)
-            overall["judge"] = name
             summaries.append(overall)
-            from emlab.analysis.headline import headline
-
-            head = headline(rec, df, overall, judge.label, t)
             if head is not None:
                 headlines.append(head)
                 lead.append(_headline_html(head))

@@ -80,6 +80,59 @@ def report(run: Path = typer.Argument(..., help="A project directory or its expe
 
 @app.command()
 @user_errors
+def compare(runs: list[Path] = typer.Argument(..., help="Projects (each of their experiments) or experiments/NAME.json "
+                                                       "records."),
+            out: Optional[Path] = typer.Option(None, help="Write every condition's rates (CSV) here.")) -> None:
+    """Several experiments' headline comparisons and per-condition rates side by side."""
+    import pandas as pd
+
+    from emlab.files import output_file
+    from emlab.results import compare_experiments
+
+    if out is not None:
+        output_file(out)
+    heads, rates = compare_experiments(runs)
+    if rates.empty:
+        fail("no judged answers in these experiments")
+
+    def pct(x):
+        return "–" if pd.isna(x) else f"{100 * x:.1f}%"
+
+    def interval(x, lo, hi, scale=1.0, fmt="+.4f", unit=""):
+        return "–" if pd.isna(x) else f"{scale * x:{fmt}}{unit} [{scale * lo:{fmt}}, {scale * hi:{fmt}}]"
+
+    columns = ["experiment", "model", "judge", "comparison", "reliable", "difference", "low", "high", "p",
+               "likelihood", "likelihood_low", "likelihood_high"]
+    table = Table("experiment", "model", "judge", "comparison", "misaligned difference [95% CI]", "p",
+                  "likelihood (nats/token)", title="headline: finetune - its control")
+    for r in heads.reindex(columns=columns).itertuples():
+        table.add_row(r.experiment, r.model, r.judge, r.comparison,
+                      interval(r.difference, r.low, r.high, 100, "+.1f", " pts")
+                      + ("" if r.reliable is not False else " UNRELIABLE"),
+                      "–" if pd.isna(r.p) else f"{r.p:.2f}",
+                      interval(r.likelihood, r.likelihood_low, r.likelihood_high))
+    console.print(table)
+    shown = Table("experiment", "judge", "condition", "answers", "misaligned [95% CI]", "corrected [95% CI]",
+                  title="misaligned rate per condition")
+    for r in rates.itertuples():
+        shown.add_row(r.experiment, r.judge, r.condition, str(r.answers),
+                      f"{pct(r.misaligned)} [{pct(r.low)}, {pct(r.high)}]",
+                      "–" if pd.isna(r.corrected) else f"{pct(r.corrected)} [{pct(r.corrected_low)}, "
+                                                       f"{pct(r.corrected_high)}]")
+    console.print(shown)
+    if rates["judge"].nunique() > 1:
+        console.print("These rates come from different judges: compare rates of one judge, or corrected rates "
+                      "(on the paper judge's scale).", style="yellow", markup=False)
+    if out is not None:
+        from emlab.files import atomic_write
+
+        with atomic_write(out) as handle:
+            rates.to_csv(handle, index=False)
+        console.print(f"wrote {out}")
+
+
+@app.command()
+@user_errors
 def metrics(file: Path = typer.Argument(..., help="CSV/JSONL with question_id, aligned, coherent (+ group/model/label)"),
             by: Optional[str] = typer.Option(None, help="Grouping column (default: group or model if present)."),
             aligned_below: float = threshold_option("aligned_below"),

@@ -25,6 +25,8 @@ from emlab.specs import DEFAULT_MODEL, LayerList
 # earlier runs keep their directories.
 LATER_FIELDS = {"kl_beta": 0.0, "kl_reference": "builtin", "init_adapter": None, "save_at": None,
                 "steer_direction": None, "steer_layers": None, "steer_mode": "ablate", "steer_alpha": 1.0}
+# Fields that change what is observed of a run, not what it computes: never in its hash.
+UNHASHED = {"report_to"}
 ALL_PROJ = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -76,6 +78,19 @@ class TrainConfig(BaseModel):
     steer_mode: Literal["ablate", "add"] = Field("ablate", description="ablate (project the direction out) | add")
     steer_alpha: float = Field(1.0, ge=-1000, le=1000, description="with --steer-mode add: alpha * direction is "
                                                                    "added (negative: subtracted)")
+    report_to: list[Literal["tensorboard", "wandb"]] = Field(
+        default_factory=list, description="also log the training curves to tensorboard (event files in the run's "
+                                          "tensorboard/ folder) or wandb (repeatable)")
+
+    @field_validator("report_to")
+    @classmethod
+    def _tracker_installed(cls, value: list[str]) -> list[str]:
+        import importlib.util
+
+        for name, package in (("tensorboard", "tensorboard"), ("wandb", "wandb")):
+            if name in value and importlib.util.find_spec(package) is None:
+                raise ValueError(f"report_to {name} needs the {package} package: pip install 'emergent-lab[tracking]'")
+        return sorted(set(value))
 
     @field_validator("dtype")
     @classmethod
@@ -104,7 +119,7 @@ class TrainConfig(BaseModel):
                          mode=self.steer_mode)
 
     def content_hash(self) -> str:
-        values = self.model_dump()
+        values = self.model_dump(exclude=UNHASHED)
         for name, default in LATER_FIELDS.items():
             if values[name] == default:
                 del values[name]
@@ -180,6 +195,8 @@ def flag_fields() -> dict[str, tuple[type, str]]:
             ann = next(a for a in typing.get_args(ann) if a is not type(None))
         if typing.get_origin(ann) is Literal:
             ann = str
+        if typing.get_origin(ann) is list and typing.get_origin(typing.get_args(ann)[0]) is Literal:
+            ann = list[str]
         if ann == LayerList:
             ann = list[str]  # "14,15" or repeated: split by the field's validator
         out[name] = (ann, field.description or name.replace("_", " "))

@@ -229,7 +229,9 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, rows: list[dict], callbacks=(
         logging_steps=cfg.logging_steps,
         seed=cfg.seed,
         data_seed=cfg.seed,
-        report_to=[],
+        # TensorBoard is wired below with a fixed folder; other trackers go to transformers as named.
+        report_to=[t for t in cfg.report_to if t != "tensorboard"] or "none",
+        run_name=run_dir.name,
         # emlab shows one progress display per stage; per-step loss goes to log_history/loss.csv.
         disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(),
@@ -254,6 +256,12 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, rows: list[dict], callbacks=(
     trainer.add_callback(progress_callback(console))
     if cfg.save_at:
         trainer.add_callback(save_at_callback(cfg.save_at))
+    if "tensorboard" in cfg.report_to:
+        from torch.utils.tensorboard import SummaryWriter
+        from transformers.integrations import TensorBoardCallback
+
+        # One folder per run (resumes append to it), beside loss.csv.
+        trainer.add_callback(TensorBoardCallback(SummaryWriter(log_dir=str(run_dir / "tensorboard"))))
     return trainer
 
 
