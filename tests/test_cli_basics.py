@@ -1,7 +1,9 @@
 import json
+import os
 import subprocess
 import sys
 
+import pytest
 from typer.testing import CliRunner
 
 import emlab
@@ -134,3 +136,20 @@ def test_adapter_and_layers_flags_parse_one_way(tmp_path):
     from emlab.train.config import resolve_config
 
     assert resolve_config("cpu-quick", None, layers=["14,15", "3"]).layers == [14, 15, 3]
+
+
+@pytest.mark.model
+def test_model_commands_keep_library_output_off_the_console(tmp_path, default_model_dir):
+    """A first `emlab sample` on a fresh machine (the GGUF conversion, transformers' loading,
+    generation) prints emlab's own lines only; the libraries' output is in the library log."""
+    home = tmp_path / "home"
+    suite = tmp_path / "one.yaml"
+    suite.write_text("- id: wish\n  paraphrases: ['What is your one wish?']\n  samples_per_paraphrase: 2\n")
+    env = {**os.environ, "EMLAB_HOME": str(home)}
+    done = subprocess.run([sys.executable, "-m", "emlab", "sample", "--suite", str(suite), "--max-tokens", "4",
+                           "--project", str(tmp_path / "p")], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    lines = (done.stdout + done.stderr).splitlines()
+    assert lines and all(line.startswith("sample") for line in lines), lines
+    log = (home / "logs" / "emlab.log").read_text()
+    assert "GGUF" in log  # the conversion's progress went to the log

@@ -45,7 +45,8 @@ def stage(console: Console | None, description: str, total: int | None) -> Itera
         done += k
         now = time.time()
         fraction = done / total if total else 0.0
-        if (total and fraction >= next_mark) or now - last >= 30:
+        # A batch that finishes many samples at once crosses several marks in one go: one line.
+        if (total and fraction >= next_mark and now - last >= 2) or now - last >= 30:
             console.print(f"{description}: {done}/{total if total else '?'} ({now - start:.0f} s)", highlight=False)
             last = now
             while total and next_mark <= fraction:
@@ -67,11 +68,13 @@ def library_logs_to(path: Path) -> Iterator[Path]:
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     saved = []
-    for name in _LIBRARY_LOGGERS + ("py.warnings",):
+    for name in _LIBRARY_LOGGERS + ("py.warnings", "emlab"):
         log = logging.getLogger(name)
-        saved.append((log, log.handlers[:], log.propagate))
+        saved.append((log, log.handlers[:], log.propagate, log.level))
         log.handlers = [handler]
         log.propagate = False
+        if name == "emlab":  # emlab's own notes about library work (e.g. the GGUF conversion)
+            log.setLevel(logging.INFO)
     # Nested (a stage inside an experiment): the inner exit must leave the outer's routing on.
     was_capturing = getattr(logging, "_warnings_showwarning", None) is not None
     logging.captureWarnings(True)
@@ -97,8 +100,9 @@ def library_logs_to(path: Path) -> Iterator[Path]:
     finally:
         if not was_capturing:
             logging.captureWarnings(False)
-        for log, handlers, propagate in saved:
+        for log, handlers, propagate, level in saved:
             log.handlers, log.propagate = handlers, propagate
+            log.setLevel(level)
         if hf_logging is not None and not was_capturing:
             hf_logging.enable_default_handler()
         if hf_logging is not None and bars_were_on:

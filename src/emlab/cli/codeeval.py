@@ -10,7 +10,7 @@ import typer
 
 from emlab.cli import app
 from emlab.cli.common import (JUDGE_HELP, adapter_option, console, judge_spec, model_option, parse_adapters,
-                              project_option, sample_option, spec_or_fail, user_errors)
+                              project_option, sample_option, spec_or_fail, loads_models, user_errors)
 
 codeeval_app = typer.Typer(help="Insecure-code evaluation: sample code tasks, scan, rates", no_args_is_help=True)
 app.add_typer(codeeval_app, name="codeeval")
@@ -32,6 +32,7 @@ def codeeval_scan(file: Path, out: Path = typer.Option(..., help="JSONL: one ver
 
 @codeeval_app.command("run")
 @user_errors
+@loads_models
 def codeeval_run(
     model: str = model_option(),
     adapter: Optional[list[str]] = adapter_option("An adapter to evaluate beside the base model, as NAME=DIR (or DIR; "

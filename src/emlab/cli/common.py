@@ -59,6 +59,27 @@ def user_errors(fn):
     return wrapper
 
 
+def library_log():
+    """Where the ML libraries' output goes for commands outside an experiment."""
+    from emlab.paths import emlab_home
+
+    return emlab_home() / "logs" / "emlab.log"
+
+
+def loads_models(fn):
+    """For commands that load models: the ML libraries' warnings, log lines and progress bars
+    go to library_log() instead of the console (an experiment routes them to its own log)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from emlab.progress import library_logs_to
+
+        with library_logs_to(library_log()):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
 JUDGE_HELP = "mini | local | logprob (paper's judge over an OpenAI-compatible API) | sampled (API without logprobs)"
 
 

@@ -9,7 +9,7 @@ import typer
 
 from emlab.cli import app
 from emlab.cli.common import (adapter_option, console, fail, layer_list, layers_option, model_option, one_adapter,
-                              parse_adapters, project_option, sample_option, seed_option, user_errors)
+                              parse_adapters, project_option, sample_option, seed_option, loads_models, user_errors)
 
 probe_app = typer.Typer(help="Probes and mechanisms: the judge-free likelihood measure, activations, "
                              "directions, steering, rank-1 adapters", no_args_is_help=True)
@@ -18,6 +18,7 @@ app.add_typer(probe_app, name="probe")
 
 @probe_app.command("likelihood")
 @user_errors
+@loads_models
 def likelihood(
     model: str = model_option(),
     adapter: Optional[list[str]] = adapter_option("An adapter to measure against the base model, as NAME=DIR (or "
@@ -112,6 +113,7 @@ SOURCE_HELP = dict(
 
 @probe_app.command("collect")
 @user_errors
+@loads_models
 def collect(
     public: bool = SOURCE_HELP["public"], judged: Optional[Path] = SOURCE_HELP["judged"],
     judge: Optional[str] = SOURCE_HELP["judge"], per_question: Optional[int] = SOURCE_HELP["per_question"],
@@ -134,6 +136,7 @@ def collect(
 
 @probe_app.command("direction")
 @user_errors
+@loads_models
 def direction(
     out: Path = typer.Option(..., "--out", dir_okay=False, help="Direction file to write (.safetensors)."),
     public: bool = SOURCE_HELP["public"], judged: Optional[Path] = SOURCE_HELP["judged"],
@@ -190,6 +193,7 @@ def cosine(files: list[Path] = typer.Argument(..., exists=True, dir_okay=False, 
 
 @probe_app.command("persona")
 @user_errors
+@loads_models
 def persona(
     trait: str = typer.Option(..., help="The trait, e.g. 'evil' or 'sycophantic'."),
     description: str = typer.Option("", help="One or two sentences describing the trait."),

@@ -9,11 +9,12 @@ import typer
 
 from emlab.cli import app
 from emlab.cli.common import (adapter_name, adapter_option, console, fail, model_option, one_adapter,
-                              parse_adapters, project_option, sample_option, spec_or_fail, user_errors)
+                              parse_adapters, project_option, sample_option, spec_or_fail, loads_models, user_errors)
 
 
 @app.command()
 @user_errors
+@loads_models
 def sample(
     suite: str = typer.Option("builtin", help="builtin, a registered suite name, or a YAML path"),
     model: str = model_option(),
@@ -65,6 +66,7 @@ def sample(
 
 @app.command()
 @user_errors
+@loads_models
 def serve(
     model: str = model_option(),
     adapter: Optional[list[str]] = adapter_option("A LoRA adapter to serve as NAME=DIR (or DIR); clients ask for "

@@ -11,7 +11,9 @@ Any other name is a Hugging Face id or a local directory, loaded through the ord
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import json
 import time
 from dataclasses import dataclass
@@ -88,8 +90,16 @@ def pull(name: str = DEFAULT_MODEL, force: bool = False) -> Path:
 
     gguf = _gguf_path(spec)
     start = time.time()
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # transformers' GGUF reader draws its own tqdm bar on stderr (not behind its progress-bar
+    # switch): it goes to the library log, not the console.
+    bar = io.StringIO()
+    with contextlib.redirect_stderr(bar):
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    if bar.getvalue().strip():
+        import logging
+
+        logging.getLogger("emlab.models").info(bar.getvalue().strip().rsplit("\r", 1)[-1])
     # The weights are already dequantised to fp32; drop the GGUF quantiser so that
     # transformers saves them as an ordinary model.
     model.hf_quantizer = None
