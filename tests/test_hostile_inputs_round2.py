@@ -225,6 +225,43 @@ def test_two_judges_on_one_project_split_the_work(tmp_path):
         assert len(a.judgments(first.identity.family)) == 200
 
 
+def test_a_second_likelihood_scorer_waits_for_the_first(tmp_path):
+    """The likelihood stage claims one lease per variant: a second process finds the lease
+    held, waits, and reads the first one's scores instead of computing them again."""
+    import threading
+    import time
+
+    from emlab.probe.likelihood import Reference, _ensure_table, score_variant
+    from emlab.store import Store
+
+    refs = [Reference("q", "question?", f"answer {i}", i % 2 == 0) for i in range(4)]
+    claimed, started = threading.Event(), time.time()
+
+    def first_process():
+        with Store(tmp_path) as a:
+            _ensure_table(a)
+            assert a.claim(["likelihood|m|base"], 1, done=lambda chunk: set())
+            claimed.set()
+            time.sleep(1.0)  # "scoring"
+            a.conn.executemany("INSERT INTO likelihoods VALUES ('m', 'base', ?, ?, 3)",
+                               [(r.key, -float(i)) for i, r in enumerate(refs)])
+            a.conn.commit()
+            a.release(["likelihood|m|base"])
+
+    worker = threading.Thread(target=first_process)
+    worker.start()
+    claimed.wait(10)
+
+    class NoModel:  # the second process must not run the model at all
+        def __iter__(self):
+            raise AssertionError("the second process computed scores the first one held")
+
+    with Store(tmp_path) as b:
+        scores = score_variant(b, "m", None, "base", refs, loaded=NoModel())
+    worker.join()
+    assert scores.tolist() == [0.0, -1.0, -2.0, -3.0] and time.time() - started >= 1.0
+
+
 # ---- 6, 7. bounds and one-line errors
 
 def test_realign_counts_and_empty_inoculation_are_field_errors(tmp_path):
