@@ -188,7 +188,7 @@ def import_inspect(log: Path = typer.Argument(..., help="An Inspect log of emlab
     """Bring an Inspect log's answers and scores into the run store, with a record `emlab report` reads."""
     if not log.is_file():
         fail(f"{log}: no such Inspect log")
-    from emlab.inspect import import_log
+    from emlab.inspect_task import import_log
 
     record = import_log(str(log), str(project))
     console.print(f"imported {log} -> {record}\nreport: emlab report {record}")

@@ -8,16 +8,20 @@ from typing import Callable, Protocol
 
 from emlab.errors import ConfigError
 from emlab.hashing import canonical_json, text_hash
+from emlab.specs import SampleSpec
+
+_SPEC = SampleSpec.model_fields
 
 
 @dataclass(frozen=True)
 class GenConfig:
-    """Sampling settings; the defaults are the paper's (temperature 1, top_p 1, 600 tokens)."""
+    """What a backend needs of a `SampleSpec` to generate (see `emlab.generate.sample.gen_config`);
+    the defaults are the spec's (the paper's)."""
 
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_tokens: int = 600
-    seed: int = 0
+    temperature: float = _SPEC["temperature"].default
+    top_p: float = _SPEC["top_p"].default
+    max_tokens: int = _SPEC["max_tokens"].default
+    seed: int = _SPEC["seed"].default
     dtype: str | None = None  # the local model's compute dtype when not the backend's default (hf: float32)
 
     def content_hash(self) -> str:

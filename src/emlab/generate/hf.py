@@ -36,6 +36,7 @@ from transformers import Cache, DynamicCache, DynamicLayer
 
 from emlab.accel import enabled as accel
 from emlab.errors import ConfigError
+from emlab.specs import DEFAULT_BATCH_SIZE
 from emlab.hashing import canonical_json
 from emlab.generate.base import GenConfig, GenRequest, GenResult, Progress
 from emlab.models.hooks import plain_lora_linear, steered
@@ -45,7 +46,8 @@ from emlab.models.registry import load_model, resolve_dtype
 class HFGenerator:
     name = "hf"
 
-    def __init__(self, model: str, dtype: str = "float32", device: str | None = None, max_batch: int = 192):
+    def __init__(self, model: str, dtype: str = "float32", device: str | None = None,
+                 max_batch: int = DEFAULT_BATCH_SIZE):
         self.model_ref = model
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.device = torch.device(device)

@@ -25,7 +25,7 @@ from emlab.errors import ConfigError
 from emlab.generate.base import GenConfig, GenRequest, Generator, get_generator, sample_seed
 from emlab.models.registry import resolve_dtype
 from emlab.provenance import scrub_url
-from emlab.specs import SampleSpec, Variant
+from emlab.specs import DEFAULT_BATCH_SIZE, SampleSpec, Variant
 from emlab.store import SampleKey, Store
 
 
@@ -46,7 +46,7 @@ def gen_config(spec: SampleSpec, max_tokens: int | None = None) -> GenConfig:
 def _generator_kwargs(spec: SampleSpec) -> dict:
     if spec.backend == "openai":
         return {"base_url": spec.base_url, "api_key_env": spec.api_key_env}
-    if spec.backend == "hf":  # a claimed batch is decoded as one batch (192 rows by default)
+    if spec.backend == "hf":  # a claimed batch is decoded as one batch
         return {"dtype": resolve_dtype(spec.dtype), "max_batch": spec.batch_size}
     return {}
 
@@ -76,7 +76,8 @@ def _answered(batch: list[tuple[GenRequest, dict]], results, run_id: str | None)
 
 
 def sample_suite(store: Store, generator: Generator, suite: Suite, model: str, variant: Variant, cfg: GenConfig,
-                 samples_per_paraphrase: int | None = None, batch_size: int = 192, run_id: str | None = None,
+                 samples_per_paraphrase: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+                 run_id: str | None = None,
                  progress: Callable[[int], None] | None = None) -> SampleReport:
     """Generate the suite's missing samples for one variant, batch by claimed batch."""
     return sample_items(store, generator, plan(suite, model, variant, cfg, samples_per_paraphrase), cfg, batch_size,
@@ -84,7 +85,7 @@ def sample_suite(store: Store, generator: Generator, suite: Suite, model: str, v
 
 
 def sample_items(store: Store, generator: Generator, items: list[tuple[GenRequest, dict]], cfg: GenConfig,
-                 batch_size: int = 192, run_id: str | None = None,
+                 batch_size: int = DEFAULT_BATCH_SIZE, run_id: str | None = None,
                  progress: Callable[[int], None] | None = None) -> SampleReport:
     """Generate the missing ones of planned (request, row) items, batch by claimed batch. A
     batch may hold several variants: the hf backend decodes them together."""

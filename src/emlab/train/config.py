@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from emlab.errors import ConfigError
 from emlab.hashing import canonical_json, text_hash
-from emlab.specs import DEFAULT_MODEL, LayerList
+from emlab.specs import DEFAULT_MODEL, Dtype, LayerList
 
 # Fields added after runs existed: left out of the content hash while at their defaults, so
 # earlier runs keep their directories.
@@ -63,7 +63,7 @@ class TrainConfig(BaseModel):
     save_steps: int = Field(50, ge=1, description="keep a checkpoint every N steps")
     logging_steps: int = Field(1, ge=1, description="log the loss every N steps")
     seed: int = Field(0, ge=0, description="training seed")
-    dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
+    dtype: Dtype = Field(
         "float32", description="float32 | bfloat16 | float16 | auto (bfloat16 where the hardware multiplies it "
                                "natively: CUDA with bf16, CPUs with AMX; else float32)")
     kl_beta: float = Field(0.0, ge=0, le=1e6, description="KL-regularised SFT: weight of KL(finetuned || base) on "
