@@ -1,8 +1,8 @@
 """How long work shows itself: one progress display per stage and a one-line summary.
 
 On a terminal a stage gets a rich progress bar (count, elapsed, ETA). When stdout is not a
-terminal (CI logs, `nohup`), the bar becomes a plain line every 10% or 30 seconds, so logs
-stay readable. Library chatter (transformers warnings, TRL's per-step dicts, tqdm bars)
+terminal (CI logs, `nohup`), the bar becomes a plain count line once a minute (a stage that
+takes less prints only its summary), so logs stay short. Library chatter (transformers warnings, TRL's per-step dicts, tqdm bars)
 goes to a log file in the run directory instead of the console.
 """
 
@@ -18,6 +18,7 @@ from typing import Callable, Iterator
 from rich.console import Console
 
 Advance = Callable[[int], None]
+PLAIN_EVERY = 60.0  # seconds between plain progress lines off a terminal
 _LIBRARY_LOGGERS = ("transformers", "trl", "peft", "accelerate", "datasets", "torch", "httpx", "urllib3")
 
 
@@ -32,25 +33,20 @@ def stage(console: Console | None, description: str, total: int | None) -> Itera
                                    TimeRemainingColumn)
 
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      TimeRemainingColumn(), console=console, transient=False) as bar:
+                      TimeRemainingColumn(), console=console, transient=True) as bar:
             task = bar.add_task(description, total=total)
             yield lambda k: bar.advance(task, k)
         return
     start = last = time.time()
     done = 0
-    next_mark = 0.1
 
     def advance(k: int) -> None:
-        nonlocal done, last, next_mark
+        nonlocal done, last
         done += k
         now = time.time()
-        fraction = done / total if total else 0.0
-        # A batch that finishes many samples at once crosses several marks in one go: one line.
-        if (total and fraction >= next_mark and now - last >= 2) or now - last >= 30:
+        if now - last >= PLAIN_EVERY:
             console.print(f"{description}: {done}/{total if total else '?'} ({now - start:.0f} s)", highlight=False)
             last = now
-            while total and next_mark <= fraction:
-                next_mark += 0.1
 
     yield advance
 

@@ -171,11 +171,14 @@ def judge_gold_answers(project: Path = project_option("Project directory for the
     adapters, sample every condition, write them out for labelling."""
     from emlab.experiment import load_experiment
     from emlab.files import output_file
-    from emlab.judge.gold import blind_order, build_answers, write_rows
+    from emlab.judge.gold import GOLD_TRAIN_ROWS, blind_order, build_answers, write_rows
 
     quick = load_experiment("quickstart")
     datasets = {c.name: c.dataset for c in quick.conditions if c.dataset is not None}
-    rows = build_answers(project, quick.train_config, datasets, console)
+    def train_config(data_path: str, seed: int, **extra):
+        return quick.train_config(data_path, seed, **{"max_rows": GOLD_TRAIN_ROWS, **extra})
+
+    rows = build_answers(project, train_config, datasets, console)
     for i, r in enumerate(rows):
         r["id"] = i
     write_rows(output_file(out), rows)
