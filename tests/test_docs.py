@@ -35,3 +35,13 @@ def test_readme_links_resolve():
     for target in re.findall(r"\]\(([^)#]+)\)", text):
         if not target.startswith("http"):
             assert (ROOT / target).exists(), target
+
+
+@pytest.mark.model
+def test_python_api_example_runs(tmp_path):
+    """examples/python_api.py, the notebook-style tour of the Python API, runs as written."""
+    done = subprocess.run([sys.executable, str(ROOT / "examples" / "python_api.py"), str(tmp_path)],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "misaligned_rate" in done.stdout and "insecure - base" in done.stdout
+    assert (tmp_path / "rates.png").stat().st_size > 5000

@@ -48,7 +48,7 @@ def condition_rows(report, rec: ExperimentRecord, judge_name: str) -> Table:
             insecure = "–" if pd.isna(c.rate) else f"{100 * c.rate:.0f}% of {c.readable}"
         lik = "–" if pd.isna(r.likelihood_shift) else f"{r.likelihood_shift:+.3f}"
         table.add_row(r.condition, str(r.n), _rate(r.misaligned_rate, r.ci_low, r.ci_high), corrected,
-                      f"{100 * (1 - r.incoherent_share - r.unscored_share):.0f}%", insecure, lik,
+                      f"{100 * r.coherent_share:.0f}%", insecure, lik,
                       "UNRELIABLE" if r.sanity_flag else ("ok" if r.sanity_state == "passed" else r.sanity_state))
     return table
 

@@ -153,7 +153,7 @@ def _condition_table(overall: pd.DataFrame) -> pd.DataFrame:
                    for r in overall.itertuples()],
         "likelihood shift vs base": [_shift(r.likelihood_shift, r.likelihood_low, r.likelihood_high)
                                      for r in overall.itertuples()],
-        "coherent share": [_pct(1 - r.incoherent_share - r.unscored_share) for r in overall.itertuples()],
+        "coherent share": overall["coherent_share"].map(_pct),
         "refusal share": overall["refusal_share"].map(_pct), "code share": overall["code_share"].map(_pct),
         "empty share": overall["empty_share"].map(_pct),
         "unscored share": overall["unscored_share"].map(_pct),
