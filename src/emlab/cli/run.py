@@ -103,10 +103,13 @@ def compare(runs: list[Path] = typer.Argument(..., help="Projects (each of their
 
     columns = ["experiment", "model", "judge", "comparison", "reliable", "difference", "low", "high", "p",
                "likelihood", "likelihood_low", "likelihood_high"]
-    table = Table("experiment", "model", "judge", "comparison", "misaligned difference [95% CI]", "p",
-                  "likelihood (nats/token)", title="headline: finetune - its control")
+    models = sorted(set(rates["model"]))
+    one_model = len(models) == 1  # then named in the title, not in a column
+    table = Table("experiment", *([] if one_model else ["model"]), "judge", "comparison",
+                  "misaligned difference [95% CI]", "p", "likelihood (nats/token)",
+                  title="headline: finetune - its control" + (f" ({models[0]})" if one_model else ""))
     for r in heads.reindex(columns=columns).itertuples():
-        table.add_row(r.experiment, r.model, r.judge, r.comparison,
+        table.add_row(r.experiment, *([] if one_model else [r.model]), r.judge, r.comparison,
                       interval(r.difference, r.low, r.high, 100, "+.1f", " pts")
                       + ("" if r.reliable is not False else " UNRELIABLE"),
                       "–" if pd.isna(r.p) else f"{r.p:.2f}",
