@@ -45,3 +45,49 @@ def test_python_api_example_runs(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "misaligned_rate" in done.stdout and "insecure - base" in done.stdout
     assert (tmp_path / "rates.png").stat().st_size > 5000
+
+
+def _documented_commands():
+    """(file, command line) for every `emlab ...` line in a bash block of the README and docs
+    (continuation lines joined, comments and environment assignments dropped)."""
+    import shlex
+
+    out = []
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
+        for block in re.findall(r"```bash\n(.*?)```", path.read_text(), re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                words = shlex.split(line, comments=True)
+                while words and re.match(r"^[A-Z_]+=", words[0]):
+                    words = words[1:]
+                if words[:1] == ["emlab"] and "&" not in words:
+                    out.append((path.name, words[1:]))
+    return out
+
+
+def test_documented_commands_use_flags_that_exist():
+    """Every emlab command line in the README and docs names a command and options the CLI has."""
+    import typer
+    from typer._click.exceptions import BadOptionUsage, NoSuchOption
+
+    from emlab.cli import app
+
+    root = typer.main.get_command(app)
+    commands = _documented_commands()
+    assert len(commands) > 20
+    bad = []
+    for name, words in commands:
+        cmd, args, path = root, list(words), []
+        while hasattr(cmd, "commands") and args and args[0] in cmd.commands:
+            path.append(args[0])
+            cmd = cmd.commands[args.pop(0)]
+        if hasattr(cmd, "commands"):
+            if words not in ([], ["--help"]) and words[:1] != ["--version"]:
+                bad.append(f"{name}: emlab {' '.join(words)}: no such command")
+            continue
+        try:
+            cmd.make_context(" ".join(["emlab", *path]), args)
+        except (NoSuchOption, BadOptionUsage) as exc:
+            bad.append(f"{name}: emlab {' '.join(words)}: {exc.format_message()}")
+        except Exception:  # a missing file or required option: the line is an example, not a run
+            pass
+    assert bad == []
