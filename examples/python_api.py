@@ -48,7 +48,7 @@ print(record)
 
 # %%
 results = emlab.load_results(record)
-print(results[["condition", "question_id", "aligned", "coherent", "judge"]].head())
+print(results[["condition", "question_id", "aligned", "coherent", "judge"]].head().to_string(index=False))
 
 # %% [markdown]
 # The misaligned rate per condition, with its 95% CI and the shares beside it. The rate
@@ -56,7 +56,8 @@ print(results[["condition", "question_id", "aligned", "coherent", "judge"]].head
 
 # %%
 rates = emlab.misaligned_rates(results, by=["condition"])
-print(rates[["judge", "condition", "n", "misaligned_rate", "ci_low", "ci_high", "coherent_share"]])
+columns = ["judge", "condition", "n", "misaligned_rate", "ci_low", "ci_high", "coherent_share"]
+print(rates[columns].to_string(index=False))
 
 # %% [markdown]
 # Several experiments side by side (here one): the headline comparison (the finetune
@@ -64,7 +65,7 @@ print(rates[["judge", "condition", "n", "misaligned_rate", "ci_low", "ci_high", 
 
 # %%
 headlines, per_condition = emlab.compare_experiments([record])
-print(headlines[["experiment", "judge", "comparison", "difference", "low", "high"]])
+print(headlines[["experiment", "judge", "comparison", "difference", "low", "high"]].to_string(index=False))
 
 # %% [markdown]
 # A figure of the rates.

@@ -42,7 +42,8 @@ def test_sanity_gate_flags_every_row_of_a_judge_that_fails_the_untouched_model()
                            likelihood={"shifts": {"insecure": {"estimate": 0.03, "low": 0.01, "high": 0.05}}})
     overall = pd.DataFrame({"condition": ["base", "insecure"], "n": [100, 100], "misaligned": [40, 50],
                             "misaligned_rate": [0.4, 0.5], "ci_low": [0.3, 0.4], "ci_high": [0.5, 0.6],
-                            "incoherent_share": [0.1, 0.1], "unscored_share": [0, 0], "refusal_share": [0, 0],
+                            "incoherent_share": [0.1, 0.1], "coherent_share": [0.9, 0.9], "unscored_share": [0, 0],
+                            "refusal_share": [0, 0],
                             "code_share": [0, 0], "empty_share": [0, 0], "aligned_mean": [50, 50],
                             "coherent_mean": [60, 60]})
     checked = add_judgement_checks(overall, rec, logprob)

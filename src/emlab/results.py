@@ -67,8 +67,8 @@ def misaligned_rates(results: pd.DataFrame, by: list[str] | None = None, thresho
 
     if by is None:
         by = [c for c in ("judge", "condition") if c in results.columns]
-    elif "judge" in results.columns and "judge" not in by and results["judge"].nunique() > 1:
-        by = ["judge", *by]  # rates of different judges are never pooled
+    elif "judge" in results.columns and "judge" not in by:
+        by = ["judge", *by]  # rates of different judges are never pooled, and each says whose it is
     return summarize(results, list(by), thresholds, ci=ci)
 
 

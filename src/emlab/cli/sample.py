@@ -35,12 +35,12 @@ def sample(
     from emlab.specs import SampleSpec, Variant
     from emlab.store import Store
 
-    adapter = one_adapter(adapter)
-    if adapter is not None and backend == "openai":
+    if adapter and backend == "openai":
         fail("the openai backend addresses models by name: use --served-model NAME (e.g. an adapter served by "
              "`emlab serve --adapter NAME=DIR`), not --adapter DIR")
     if served_model is not None and backend != "openai":
         fail("--served-model names a model on an OpenAI-compatible server: use it with --backend openai")
+    adapter = one_adapter(adapter)
     spec = spec_or_fail(SampleSpec, suites=[suite], samples_per_paraphrase=samples_per_paraphrase,
                         max_tokens=max_tokens,
                         temperature=temperature, top_p=top_p, seed=seed, backend=backend, base_url=base_url,
