@@ -70,6 +70,37 @@ def test_experiment_validation_names_the_field(tmp_path, change, message):
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("change, message", [
+    ({"model": "smollm2-135m"}, "did you mean 'smollm2-135m-instruct'?"),
+    ({"model": "Qwen/Qwen2.5-Coder-32B-Instruc"}, "did you mean 'Qwen/Qwen2.5-Coder-32B-Instruct'?"),
+    ({"judges": [{"name": "logprob", "model": "gpt-4o-2024-08-06"}]}, "API key not set: OPENAI_API_KEY (for judge"),
+    ({"model": "gpt-4o", "sample": {**TINY["sample"], "backend": "openai"}}, "API key not set: OPENAI_API_KEY (for "
+                                                                           "sample.backend openai)"),
+])
+def test_preflight_refuses_expensive_mistakes_in_one_line(tmp_path, monkeypatch, change, message):
+    """Before any work: a mistyped model, a missing API key (never sent as a placeholder)."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.chdir(tmp_path)  # the experiment's project (runs/experiments) would land here
+    exp = {**TINY, "sample": {**TINY["sample"], "backend": "hf"}}
+    exp.pop("codeeval")
+    exp = load_experiment(_write(tmp_path, {**exp, **change}))
+    with pytest.raises(ConfigError) as err:
+        check_resources(exp)
+    assert message in str(err.value) and "\n" not in str(err.value)
+    if "API key" in message:  # the dry run lists the key to set instead of failing
+        assert any(item.startswith("set OPENAI_API_KEY") for item in check_resources(exp, dry_run=True))
+    result = CliRunner().invoke(app, ["run", str(tmp_path / "e.yaml")])
+    assert result.exit_code == 2 and message.split(" (")[0] in result.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_gpt4o_as_a_judge_name_suggests_the_spec(tmp_path):
+    with pytest.raises(ConfigError, match=r"an API model judges through logprob: \{name: logprob, model: gpt-4o"):
+        load_experiment(_write(tmp_path, {**TINY, "judges": ["gpt4o"]}))
+    result = CliRunner().invoke(app, ["models", "info", "smollm2"])
+    assert result.exit_code == 2 and "not an embedded model" in result.output
+
+
 def test_yaml_alias_bomb_is_refused_quickly(tmp_path):
     lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
     lines += [f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, "
