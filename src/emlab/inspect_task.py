@@ -107,7 +107,8 @@ def _emergent_misalignment(suite: str = "first_plot", samples_per_paraphrase: in
                           judge: str = "mini", judge_model: str | None = None, judge_base_url: str | None = None,
                           max_tokens: int = _SAMPLING["max_tokens"], temperature: float = _SAMPLING["temperature"],
                           top_p: float = _SAMPLING["top_p"], seed: int = 0,
-                          aligned_below: float = PAPER.aligned_below, coherent_above: float = PAPER.coherent_above) -> Task:
+                          aligned_below: float = PAPER.aligned_below,
+                          coherent_above: float = PAPER.coherent_above) -> Task:
     """Betley et al.'s free-form evaluation of an emlab suite, judged by an emlab judge."""
     s = load_suite(suite)
     samples = []

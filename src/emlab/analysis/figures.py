@@ -105,7 +105,8 @@ def condition_rates(overall: pd.DataFrame, pairs: list[tuple[str, str]] = (), ti
         ax.legend(fontsize=7, loc="upper left", frameon=False)
     ax.set_xticks(x)
     ax.set_xticklabels([f"{c}\n(control)" if c in controls else c for c in order], fontsize=8)
-    top = np.nanmax(np.r_[rows["ci_high"].to_numpy(dtype=float), rows.get("corrected_high", pd.Series([0])).to_numpy(dtype=float)])
+    highs = [rows[c].to_numpy(dtype=float) for c in ("ci_high", "corrected_high") if c in rows]
+    top = np.nanmax(np.concatenate(highs))
     ax.set_ylim(0, max(0.05, float(top) * 1.15))
     ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0, decimals=0))
     ax.set_ylabel("misaligned answers")
@@ -133,8 +134,9 @@ def likelihood_shifts(rows: list[dict]):
     fig, ax = plt.subplots(figsize=(6, 0.45 * len(rows) + 1.4))
     for i, r in enumerate(rows):
         excludes = r["low"] > 0 or r["high"] < 0
-        ax.errorbar(r["estimate"], i, xerr=[[max(0.0, r["estimate"] - r["low"])], [max(0.0, r["high"] - r["estimate"])]],
-                    fmt="o", capsize=3, color=COLOURS[0] if excludes else "#888")
+        below, above = max(0.0, r["estimate"] - r["low"]), max(0.0, r["high"] - r["estimate"])
+        ax.errorbar(r["estimate"], i, xerr=[[below], [above]], fmt="o", capsize=3,
+                    color=COLOURS[0] if excludes else "#888")
     ax.axvline(0, color="#444", lw=0.8)
     ax.set_yticks(np.arange(len(rows)))
     ax.set_yticklabels([r["comparison"] for r in rows], fontsize=8)

@@ -352,7 +352,8 @@ def insecure_code_table(rec, store):
     return insecure_code_rates(store, conditions, code.judge_family)
 
 
-def _codeeval_section(rec, store) -> str:
+def _codeeval_section(rec, store) -> tuple[str, pd.DataFrame, pd.DataFrame]:
+    """The insecure-code section: (its HTML, the rate table shown, the CWE table)."""
     from emlab.analysis.metrics import cwe_table, unreadable_warning
 
     code = rec.codeeval
@@ -374,7 +375,7 @@ def _codeeval_section(rec, store) -> str:
     return part, shown, cwe
 
 
-def _likelihood_section(rec) -> str:
+def _likelihood_section(rec) -> tuple[str, pd.DataFrame]:
     """The judge-free measure: each adapter against the base, and every pair of adapters."""
     from itertools import combinations
 

@@ -86,6 +86,7 @@ def compare(runs: list[Path] = typer.Argument(..., help="Projects (each of their
     """Several experiments' headline comparisons and per-condition rates side by side."""
     import pandas as pd
 
+    from emlab.analysis.report import _pct as pct
     from emlab.files import output_file
     from emlab.results import compare_experiments
 
@@ -94,9 +95,6 @@ def compare(runs: list[Path] = typer.Argument(..., help="Projects (each of their
     heads, rates = compare_experiments(runs)
     if rates.empty:
         fail("no judged answers in these experiments")
-
-    def pct(x):
-        return "–" if pd.isna(x) else f"{100 * x:.1f}%"
 
     def interval(x, lo, hi, scale=1.0, fmt="+.4f", unit=""):
         return "–" if pd.isna(x) else f"{scale * x:{fmt}}{unit} [{scale * lo:{fmt}}, {scale * hi:{fmt}}]"
