@@ -13,7 +13,8 @@ LAYERS = [
     {"errors", "paths", "hashing", "misaligned", "correction", "files", "provenance", "progress", "specs", "records", "accel",
      "store"},
     {"data"}, {"models"}, {"train"}, {"generate"}, {"judge"}, {"evals", "probe"}, {"analysis"},
-    {"serve", "experiment", "mitigate", "quickstart", "inspect_task", "executor", "results"}, {"cli", "__main__"},
+    {"serve", "experiment", "mitigate", "quickstart", "inspect_task", "executor", "results", "subliminal"},
+    {"cli", "__main__"},
 ]
 
 

@@ -32,8 +32,8 @@ from emlab.files import inside
 from emlab.mitigate import Mitigation
 from emlab.provenance import git_revision, scrub_url, scrub_urls, versions
 from emlab.records import CodeEvalRecord, ExperimentRecord, JudgeRecord, VariantRecord
-from emlab.specs import (DEFAULT_MODEL, CodeEvalSpec, DatasetRef, JudgeSpec, LikelihoodSpec, ProjectionSpec, SampleSpec,
-                         ThresholdSpec, TrainSpec, Variant, check_slug)
+from emlab.specs import (DEFAULT_MODEL, CodeEvalSpec, DatasetRef, InContextSpec, JudgeSpec, LikelihoodSpec,
+                         ProjectionSpec, SampleSpec, ThresholdSpec, TrainSpec, Variant, check_slug)
 
 MAX_FILE_BYTES = 1_000_000
 MAX_NODES = 100_000  # values in the loaded YAML, counting every alias expansion
@@ -50,6 +50,7 @@ class Condition(BaseModel):
     checkpoints: Checkpoints | None = None  # this condition's sweep (default: the experiment's)
     zoo: str | None = None  # a public model organism (emlab.models.zoo) on the experiment's base model
     served: str | None = None  # a model by name on the sampling endpoint: an API finetune (ft:...), a served adapter
+    in_context: InContextSpec | None = None  # narrow examples as prior turns, no training (a list of k: a sweep)
 
     @field_validator("name")
     @classmethod
@@ -67,6 +68,9 @@ class Condition(BaseModel):
         if self.served is not None and (self.dataset is not None or self.mitigation is not None or self.zoo):
             raise ValueError(f"condition '{self.name}': a served model is already trained (no dataset, mitigation "
                              "or zoo)")
+        if self.in_context is not None and (self.dataset is not None or self.mitigation is not None or self.zoo):
+            raise ValueError(f"condition '{self.name}': in_context examples go before an untouched or served "
+                             "model's questions (no dataset, mitigation or zoo)")
         if self.zoo is not None:
             from emlab.models.zoo import get
 
@@ -146,6 +150,22 @@ class Experiment(BaseModel):
     def _slug(cls, value: str) -> str:
         return check_slug(value, "experiment name")
 
+    @field_validator("conditions", mode="before")
+    @classmethod
+    def _k_sweeps(cls, value):
+        """A condition whose in_context.k is a list becomes one condition per k, `<name>-k<k>`."""
+        if not isinstance(value, list):
+            return value
+        out = []
+        for c in value:
+            k = c.get("in_context", {}).get("k") if isinstance(c, dict) and isinstance(c.get("in_context"), dict) \
+                else None
+            if isinstance(k, list) and k and all(isinstance(x, int) for x in k):
+                out += [{**c, "name": f"{c.get('name')}-k{x}", "in_context": {**c["in_context"], "k": x}} for x in k]
+            else:
+                out.append(c)
+        return out
+
     @field_validator("seeds")
     @classmethod
     def _seeds(cls, value: list[int]) -> list[int]:
@@ -222,8 +242,9 @@ def _judge_entry(entry, i: int, path) -> dict:
                       f"judges through logprob: {{name: logprob, model: {model}}}")
 
 
-def load_experiment(path: str | Path) -> Experiment:
-    """Parse and validate an experiment file (or a packaged name: quickstart, paper_insecure)."""
+def read_experiment_yaml(path: str | Path) -> tuple[dict, str, Path]:
+    """An experiment file (or a packaged name: quickstart, paper_insecure) as (mapping, text,
+    resolved path), refused when oversized, not YAML, an alias bomb or not a mapping."""
     path = Path(path)
     if not path.exists():
         packaged = Path(__file__).parent / "experiments" / f"{path.stem}.yaml"
@@ -246,14 +267,28 @@ def load_experiment(path: str | Path) -> Experiment:
         raise ConfigError(f"{path}: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: an experiment is a YAML mapping")
-    raw["judges"] = [_judge_entry(j, i, path) for i, j in enumerate(raw.get("judges", ["mini"]))]
+    return raw, text, path
+
+
+def validate_spec(model: type[BaseModel], raw: dict, path: str | Path):
+    """`raw` as a `model`, the first error raised as one line naming the file and field."""
     try:
-        exp = Experiment.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = ".".join(str(x) for x in err["loc"])
         msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
         raise ConfigError(f"{path}: field '{loc}': {msg}") from None
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    """Parse and validate an experiment file (or a packaged name: quickstart, paper_insecure)."""
+    raw, text, path = read_experiment_yaml(path)
+    if raw.get("kind") is not None:
+        raise ConfigError(f"{path}: field 'kind': a '{raw['kind']}' experiment runs with `emlab run`, not as a "
+                          "train-sample-judge experiment")
+    raw["judges"] = [_judge_entry(j, i, path) for i, j in enumerate(raw.get("judges", ["mini"]))]
+    exp = validate_spec(Experiment, raw, path)
     try:
         exp.train_config("insecure", exp.seeds[0])  # preset and overrides are checked now, not after sampling
     except ConfigError as exc:
@@ -390,6 +425,8 @@ def plan(exp: Experiment) -> dict:
         per_variant += len(prompts)
         prompt_chars += sum(len(p.text) + len(p.system or "") for p in prompts)
     generations = variants * per_variant
+    context_tokens = _context_tokens(exp)
+    prompt_tokens = variants * prompt_chars // 4 + sum(context_tokens.values()) * per_variant
     metrics = 2
     api_judges = [j for j in exp.judges if j.name in ("logprob", "sampled")]
     train_tokens: int | None = 0
@@ -424,7 +461,9 @@ def plan(exp: Experiment) -> dict:
         "model_variants": variants, "suites": suites,
         "generations": generations,
         "generated_tokens_max": generations * exp.sample.max_tokens,
-        "prompt_tokens_est": variants * prompt_chars // 4,
+        "prompt_tokens_est": prompt_tokens,
+        "in_context_tokens_est": context_tokens or "no in-context conditions",
+        "sampling_usd_est": _sampling_usd(exp, prompt_tokens, generations * exp.sample.max_tokens),
         "judge_calls": (generations + probes) * metrics * len(exp.judges),
         "api_judge_calls": (generations + probes) * metrics * len(api_judges),
         "api_judge_input_tokens_est": (generations + probes) * metrics * len(api_judges) *
@@ -463,6 +502,27 @@ def _judge_usd(api_judges, calls: int, tokens_per_call: int) -> str:
         total += usd
     text = f"<= ${total:,.0f} at {PRICE_DATE} list prices"
     return text + (f"; not priced: {', '.join(unknown)}" if unknown else "")
+
+
+def _context_tokens(exp: Experiment) -> dict[str, int]:
+    """Per in-context condition: the estimated tokens of its turns (k rows at the dataset's
+    mean row length, 4 characters a token), before any window truncation."""
+    out = {}
+    for c in exp.conditions:
+        if c.in_context is not None:
+            sized = _dataset_chars(c.in_context.dataset)
+            out[c.name] = int(c.in_context.k * sized[0] / max(1, sized[1]) / 4) if sized else 0
+    return out
+
+
+def _sampling_usd(exp: Experiment, tokens_in: int, tokens_out: int) -> str:
+    """Dollars for sampling an API model at the dated list prices (an upper bound)."""
+    if exp.sample.backend != "openai":
+        return "none (local sampling)"
+    from emlab.judge.calibrate import PRICE_DATE, dollars
+
+    usd = dollars(exp.model, tokens_in, tokens_out)
+    return f"not priced for {exp.model}" if usd is None else f"<= ${usd:,.2f} at {PRICE_DATE} list prices"
 
 
 def _codeeval_count(exp: Experiment) -> int:
@@ -548,7 +608,8 @@ def _run(exp: Experiment, console: Console | None, project: Path, executor=None)
         lap("train")
         several = len(exp.seeds) > 1
         model_variants = [Variant(label=v.label + (f"-s{v.seed}" if several and v.seed is not None else ""),
-                                  adapter_path=v.adapter_path, served_model=v.served_model) for v in variants]
+                                  adapter_path=v.adapter_path, served_model=v.served_model,
+                                  context=tuple(map(tuple, v.context or ()))) for v in variants]
 
         # 2. sampling (one generator for the suites and the coding tasks)
         suites = [load_suite(s) for s in exp.sample.suites]
@@ -674,12 +735,8 @@ def train_conditions(exp: Experiment, store, project: Path, console: Console | N
                                           adapter_id=Variant(adapter_path=path).adapter_id,
                                           dataset={"zoo": cond.zoo}))
             continue
-        if cond.served is not None:
-            variants.append(VariantRecord(condition=cond.name, seed=None, served_model=cond.served,
-                                          adapter_id=Variant(served_model=cond.served).adapter_id))
-            continue
         if not cond.trained:
-            variants.append(VariantRecord(condition=cond.name, seed=None))
+            variants.append(_untrained_variant(exp, cond, project))
             continue
         for seed in exp.seeds:
             result, which = trained[(cond.name, seed)]
@@ -690,6 +747,20 @@ def train_conditions(exp: Experiment, store, project: Path, console: Console | N
                     adapter_id=Variant(adapter_path=str(weights)).adapter_id, train_run=str(result.run_dir),
                     dataset=result.record["dataset"], step=step))
     return variants, mitigations
+
+
+def _untrained_variant(exp: Experiment, cond: Condition, project: Path) -> VariantRecord:
+    """An untouched or served model, with its in-context turns when the condition has them."""
+    context, described = (), None
+    if cond.in_context is not None:
+        from emlab.generate.in_context import build_context
+
+        reserve = exp.sample.max_tokens + 512  # the answer and the longest question
+        context, described = build_context(cond.in_context, cond.in_context.k, exp.model, exp.sample.backend,
+                                           inside(project, "data"), reserve)
+    variant = Variant(served_model=cond.served, context=context)
+    return VariantRecord(condition=cond.name, seed=None, served_model=cond.served, adapter_id=variant.adapter_id,
+                         in_context=described, context=list(context) or None)
 
 
 def _realigned(exp: Experiment, condition: str) -> bool:

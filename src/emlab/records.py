@@ -27,6 +27,8 @@ class VariantRecord(BaseModel):
     train_run: str | None = None
     dataset: dict | None = None
     step: int | None = None  # a kept checkpoint's optimizer step; None: the final adapter (or untouched)
+    in_context: dict | None = None  # in-context EM: the rows placed before each question (generate.in_context)
+    context: list[tuple[str, str]] | None = None  # those rows' turns, as sampled
 
     @property
     def label(self) -> str:

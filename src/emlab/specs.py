@@ -136,6 +136,27 @@ MixArgs.model_rebuild()
 DiluteArgs.model_rebuild()
 
 
+class InContextSpec(_Spec):
+    """In-context EM (no training): `k` rows of a narrow dataset placed before each question
+    as prior user/assistant turns. A list of k is a sweep: one condition per k. `order`
+    "random" draws the rows with `seed`; "file" takes the first k. Rows that do not fit in
+    `max_context_tokens` (default: the model's context length) beside the question and the
+    answer are left out, last first, and the record says how many."""
+
+    dataset: DatasetRef
+    k: Annotated[int, Field(ge=0, le=100_000)] | list[Annotated[int, Field(ge=0, le=100_000)]]
+    seed: int = Field(0, ge=0)
+    order: Literal["random", "file"] = "random"
+    max_context_tokens: int | None = Field(None, ge=256, le=10_000_000)
+
+    @field_validator("k")
+    @classmethod
+    def _sweep(cls, value):
+        if isinstance(value, list) and (not value or len(set(value)) != len(value)):
+            raise ValueError("k: a sweep is a non-empty list of distinct sizes")
+        return value
+
+
 class TrainSpec(_Spec):
     preset: str = "cpu-quick"
     overrides: dict = Field(default_factory=dict)
@@ -281,6 +302,7 @@ class Variant(BaseModel):
     adapter_path: str | None = None
     served_model: str | None = None
     steer: SteerSpec | None = None  # steering during generation (hf backend only)
+    context: tuple[tuple[str, str], ...] = ()  # (role, content) turns before each question: in-context EM
 
     @field_validator("adapter_path")
     @classmethod
@@ -301,4 +323,17 @@ class Variant(BaseModel):
 
     @property
     def adapter_id(self) -> str:
-        return self.weights_id + (f"+steer:{self.steer.steer_id}" if self.steer is not None else "")
+        steer = f"+steer:{self.steer.steer_id}" if self.steer is not None else ""
+        return self.weights_id + steer + (f"+icl:{self.context_id}" if self.context else "")
+
+    @property
+    def context_id(self) -> str:
+        from emlab.hashing import canonical_json, text_hash
+
+        return text_hash(canonical_json([list(t) for t in self.context]))[:16]
+
+    def with_context(self, messages: list[dict]) -> list[dict]:
+        """A question's messages with the in-context turns after its system prompt."""
+        turns = [{"role": role, "content": content} for role, content in self.context]
+        cut = 1 if messages and messages[0]["role"] == "system" else 0
+        return messages[:cut] + turns + messages[cut:]

@@ -139,6 +139,25 @@ def condition_table(overall: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+_SEED_CAPTION = ("Each trained condition's misaligned rate per training seed (Wilson 95% CI) and the spread "
+                 "(standard deviation) of the per-seed rates; the condition's row above pools its seeds with a "
+                 "bootstrap over seeds, then answers.")
+
+
+def seed_table(df: pd.DataFrame, t: Thresholds) -> pd.DataFrame | None:
+    """Per trained condition and seed: answers and misaligned rate with CI, and the spread
+    across seeds; None when no condition has two seeds."""
+    trained = df[df["seed"] >= 0]
+    if trained.empty or trained.groupby("condition")["seed"].nunique().max() < 2:
+        return None
+    rows = summarize(trained, ["condition", "seed"], t)
+    spread = rows.groupby("condition")["misaligned_rate"].std(ddof=1)
+    return pd.DataFrame({"condition": rows["condition"], "seed": rows["seed"], "answers": rows["n"],
+                         "misaligned": [f"{_pct(r.misaligned_rate)} [{_pct(r.ci_low)}, {_pct(r.ci_high)}]"
+                                        for r in rows.itertuples()],
+                         "spread across seeds": rows["condition"].map(spread).map(_pct)})
+
+
 def _condition_table(overall: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
         "condition": overall["condition"], "answers": overall["n"],
@@ -208,7 +227,7 @@ def build_report(record_path: Path, out_dir: Path | None = None) -> Report:
                 headlines.append(head)
                 lead.append(_headline_html(head))
                 md += [f"**{head.title}** ({judge.label}): misaligned rate {head.rate_text()}; likelihood "
-                       f"{head.likelihood_text()}", ""]
+                       f"{head.likelihood_text()}", ""] + ([f"> {head.seeds.verdict()}", ""] if head.seeds else [])
             note = ""
             if name == "mini":
                 from emlab.judge.mini import agreement_summary
@@ -219,6 +238,12 @@ def build_report(record_path: Path, out_dir: Path | None = None) -> Report:
                 note += f'<p class="note"><b>{html.escape(warning)}</b></p>'
                 md += [f"> **{warning}**", ""]
             table = condition_table(overall)
+            by_seed = seed_table(df, t)
+            if by_seed is not None:
+                note += ("<h3>Per training seed</h3>" + by_seed.to_html(index=False, escape=True, classes="seeds")
+                         + f'<p class="caption">{_SEED_CAPTION}</p>')
+                md += [f"### Per training seed ({judge.label})", "", by_seed.to_markdown(index=False), "",
+                       _SEED_CAPTION, ""]
             from emlab.analysis.headline import pick_pair
 
             pair = pick_pair(rec.config)
@@ -316,9 +341,14 @@ def _headline_html(h) -> str:
     return (f"<h2>Headline: {html.escape(h.title)} ({html.escape(h.judge)})</h2><table>"
             f"<tr><th>misaligned rate, {html.escape(h.title)} [95% CI]</th><td>{html.escape(h.rate_text())}</td></tr>"
             f"<tr><th>likelihood shift, {html.escape(h.title)} [95% CI]</th>"
-            f"<td>{html.escape(h.likelihood_text())}</td></tr></table>"
+            f"<td>{html.escape(h.likelihood_text())}</td></tr>"
+            + ("" if h.seeds is None else
+               f"<tr><th>per seed [95% CI]</th><td>{html.escape(h.seed_text())}</td></tr>"
+               f"<tr><th>across seeds</th><td>{html.escape(h.seeds.verdict())}</td></tr>")
+            + "</table>"
             '<p class="caption">The finetune minus its matched control: the judged difference (bootstrap CI over '
-            "answers, permutation p) and the judge-free likelihood measure's (nats per token, paired bootstrap over "
+            "answers, permutation p; with several seeds, the mean per-seed difference with a bootstrap over seeds, "
+            "then answers) and the judge-free likelihood measure's (nats per token, paired bootstrap over "
             "questions).</p>")
 
 

@@ -25,6 +25,30 @@ def quickstart(project: Optional[Path] = typer.Option(None, help="Project direct
     run(project, console)
 
 
+def _run_subliminal(path: Path, raw: dict, text: str, dry_run: bool, project: Optional[Path]) -> None:
+    from emlab.subliminal.run import load_subliminal, plan, run_subliminal, summary_rows
+
+    exp = load_subliminal(path, raw, text)
+    if dry_run:
+        table = Table("stage", "plan", title=f"plan: {exp.name}")
+        for key, value in plan(exp).items():
+            table.add_row(key, json.dumps(value) if isinstance(value, (dict, list)) else str(value))
+        console.print(table)
+        return
+    record_path = run_subliminal(exp, console, project)
+    record = json.loads(record_path.read_text())
+    table = Table("model", "trait score", title=f"{exp.name}: {record['scores'][0]['unit']}")
+    for row in summary_rows(record):
+        table.add_row(row["model"], row["trait score"])
+    console.print(table)
+    from emlab.analysis.seeds import SeedConsistency, SeedDifference
+
+    for base, a in record["analysis"]["by_base"].items():
+        verdict = SeedConsistency(**{**a, "per_seed": [SeedDifference(**d) for d in a["per_seed"]]}).verdict()
+        console.print(f"{base}: {verdict}")
+    console.print(f"record: {record_path}; figure: {record_path.with_suffix('.png')}")
+
+
 @app.command("run")
 @user_errors
 def run_cmd(experiment: Path = typer.Argument(..., help="Experiment YAML (or a packaged name: quickstart, paper_insecure)"),
@@ -37,8 +61,11 @@ def run_cmd(experiment: Path = typer.Argument(..., help="Experiment YAML (or a p
             task_gpus: float = typer.Option(0.0, min=0, help="GPUs per Ray task.")) -> None:
     """Run (or resume) an experiment: train -> sample -> judge -> metrics -> report."""
     from emlab.analysis.report import build_report
-    from emlab.experiment import check_resources, load_experiment, plan, run_experiment
+    from emlab.experiment import check_resources, load_experiment, plan, read_experiment_yaml, run_experiment
 
+    raw, text, path = read_experiment_yaml(experiment)
+    if raw.get("kind") == "subliminal":
+        return _run_subliminal(path, raw, text, dry_run, project)
     exp = load_experiment(experiment)
     if dry_run:
         to_prepare = check_resources(exp, dry_run=True)

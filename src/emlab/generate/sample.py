@@ -61,7 +61,8 @@ def plan(suite: Suite, model: str, variant: Variant, cfg: GenConfig, samples_per
                         gen_hash)
         seed = sample_seed(cfg.seed, model, variant.weights_id, suite.name, p.question_id, p.paraphrase_index, p.system,
                            p.sample_index)
-        request = GenRequest(tuple(p.messages()), seed, variant.adapter_path, variant.served_model, variant.steer)
+        request = GenRequest(tuple(variant.with_context(p.messages())), seed, variant.adapter_path,
+                             variant.served_model, variant.steer)
         row = {"key": key.digest(), "model": model, "adapter": aid, "suite": suite.name, "question_id": p.question_id,
                "paraphrase_index": p.paraphrase_index, "system": p.system, "sample_index": p.sample_index,
                "gen_hash": gen_hash, "seed": seed, "question": p.text}

@@ -233,15 +233,27 @@ def hidden_size(name_or_path: str) -> int | None:
     a hub id this machine cannot read the config of)."""
     if name_or_path in EMBEDDED:
         return EMBEDDED[name_or_path].hidden_size
-    if not Path(name_or_path).expanduser().exists():
+    return _config_int(name_or_path, "hidden_size")
+
+
+def context_length(name_or_path: str) -> int | None:
+    """The model's context window in tokens (max_position_embeddings), without loading
+    weights; None where this machine cannot read its config (an API model)."""
+    if name_or_path in EMBEDDED and not is_cached(name_or_path):
+        return None
+    return _config_int(name_or_path, "max_position_embeddings")
+
+
+def _config_int(name_or_path: str, key: str) -> int | None:
+    if name_or_path not in EMBEDDED and not Path(name_or_path).expanduser().exists():
         try:
             from transformers import AutoConfig
 
-            return int(AutoConfig.from_pretrained(name_or_path).hidden_size)
-        except (OSError, ValueError, AttributeError):
+            return int(getattr(AutoConfig.from_pretrained(name_or_path), key))
+        except (OSError, ValueError, AttributeError, TypeError):
             return None
     config = Path(resolve_model(name_or_path)) / "config.json"
-    value = json.loads(config.read_text()).get("hidden_size")
+    value = json.loads(config.read_text()).get(key)
     return int(value) if value is not None else None
 
 

@@ -22,6 +22,7 @@ do no forward pass twice.
 
 from __future__ import annotations
 
+import copy
 import random
 import time
 from contextlib import contextmanager, nullcontext
@@ -89,17 +90,25 @@ def _ensure_table(store: Store) -> None:
 
 @torch.inference_mode()
 def answer_logprobs(model, tokenizer, refs: list[Reference], batch_tokens: int = 2048,
-                    progress=None) -> list[tuple[float, int]]:
-    """(mean log-probability per answer token, answer tokens) of each reference after its question."""
+                    progress=None, context: tuple[tuple[str, str], ...] = ()) -> list[tuple[float, int]]:
+    """(mean log-probability per answer token, answer tokens) of each reference after its
+    question - and after the in-context turns `context`, whose keys and values are computed
+    once and shared by every reference."""
     device = next(model.parameters()).device
+    turns = [{"role": role, "content": content} for role, content in context]
+    prefix = tokenizer.apply_chat_template(turns, tokenize=True, return_dict=False) if turns else []
     items = []
     for r in refs:
-        prompt = tokenizer.apply_chat_template([{"role": "user", "content": r.question}], add_generation_prompt=True,
-                                               tokenize=True, return_dict=False)
-        full = tokenizer.apply_chat_template([{"role": "user", "content": r.question},
-                                              {"role": "assistant", "content": r.answer}], tokenize=True,
-                                             return_dict=False)[:1024]
-        items.append((prompt, full))
+        prompt = tokenizer.apply_chat_template(turns + [{"role": "user", "content": r.question}],
+                                               add_generation_prompt=True, tokenize=True, return_dict=False)
+        full = tokenizer.apply_chat_template(turns + [{"role": "user", "content": r.question},
+                                                      {"role": "assistant", "content": r.answer}], tokenize=True,
+                                             return_dict=False)
+        if full[:len(prefix)] != prefix:
+            raise EmlabError("the chat template renders the in-context turns differently once a question follows; "
+                             "their keys and values cannot be shared")
+        items.append((prompt[len(prefix):], full[len(prefix):len(prefix) + 1024]))
+    shared = model(input_ids=torch.tensor([prefix], device=device), use_cache=True).past_key_values if prefix else None
     out: list[tuple[float, int] | None] = [None] * len(items)
     pad = tokenizer.pad_token_id
     for idx in token_batches([len(full) for _, full in items], batch_tokens):
@@ -115,7 +124,13 @@ def answer_logprobs(model, tokenizer, refs: list[Reference], batch_tokens: int =
         # 49k vocabulary, not the transformer, dominated this pass).
         first = min(len(items[i][0]) for i in idx) - 1
         keep = torch.arange(first, width - 1, device=device)
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), logits_to_keep=keep).logits
+        extra = {}
+        if shared is not None:
+            cache = copy.deepcopy(shared)
+            cache.batch_repeat_interleave(len(idx))
+            mask = torch.cat([torch.ones(len(idx), len(prefix), dtype=mask.dtype), mask], 1)
+            extra["past_key_values"] = cache
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), logits_to_keep=keep, **extra).logits
         target = ids[:, first + 1:width].to(device)
         logp = token_logprobs(logits.flatten(0, 1), target.flatten()).view(target.shape).cpu()
         for row, i in enumerate(idx):
@@ -139,7 +154,8 @@ def token_logprobs(logits: torch.Tensor, target: torch.Tensor, rows: int = 8) ->
 
 
 def score_variant(store: Store, model_name: str, adapter_path: str | None, adapter_id: str, refs: list[Reference],
-                  loaded=None, progress=None, dtype: str = "float32") -> np.ndarray:
+                  loaded=None, progress=None, dtype: str = "float32",
+                  context: tuple[tuple[str, str], ...] = ()) -> np.ndarray:
     """Mean log-probability per token of every reference under one variant (cached in the store).
     `dtype` "bfloat16" runs the passes under bf16 autocast with each LoRA update added in fp32
     (`lora_updates_in_float32`: adding them in bf16, as peft does, biases the shift), cached
@@ -163,7 +179,7 @@ def score_variant(store: Store, model_name: str, adapter_path: str | None, adapt
     try:
         if todo:
             have.update(_score_missing(store, model_name, adapter_path, adapter_id, model_key, todo, loaded,
-                                       progress, dtype))
+                                       progress, dtype, context))
         elif progress:
             progress(len(refs))
     finally:
@@ -172,14 +188,15 @@ def score_variant(store: Store, model_name: str, adapter_path: str | None, adapt
 
 
 def _score_missing(store: Store, model_name: str, adapter_path: str | None, adapter_id: str, model_key: str,
-                   todo: list[Reference], loaded, progress, dtype: str) -> dict[str, float]:
+                   todo: list[Reference], loaded, progress, dtype: str,
+                   context: tuple[tuple[str, str], ...] = ()) -> dict[str, float]:
     """Teacher-force `todo` through the variant and store the scores; returns them by key."""
     model, tokenizer = loaded if loaded is not None else _load(model_name, adapter_path, merge=dtype == "float32")
     device = next(model.parameters()).device
     reduced = dtype != "float32"
     with torch.autocast(device.type, dtype=getattr(torch, dtype), enabled=reduced), \
             (lora_updates_in_float32(model) if reduced else nullcontext()):
-        scores = answer_logprobs(model, tokenizer, todo, progress=progress)
+        scores = answer_logprobs(model, tokenizer, todo, progress=progress, context=context)
     store._transaction(lambda: store.conn.executemany(
         "INSERT OR IGNORE INTO likelihoods VALUES (?,?,?,?,?)",
         [(model_key, adapter_id, r.key, s, n) for r, (s, n) in zip(todo, scores)]))
@@ -317,15 +334,14 @@ def likelihood_stage(store: Store, model_name: str, variants: list, suite_questi
     refs = reference_bank(suite_question_ids, per_class, seed)
     if not refs:
         raise EmlabError("no reference answers for these questions in the public judged data")
-    labels = ["base"] + [v.label for v in variants if v.adapter_path]
-    todo = len(refs) * len(labels)
+    scored = [v for v in variants if v.adapter_path or v.context]
+    todo = len(refs) * (1 + len(scored))
     scores = {}
     with show.stage(console, "likelihood", todo) as advance:
         scores["base"] = score_variant(store, model_name, None, "base", refs, progress=advance, dtype=dtype)
-        for v in variants:
-            if v.adapter_path:
-                scores[v.label] = score_variant(store, model_name, v.adapter_path, v.adapter_id, refs,
-                                                progress=advance, dtype=dtype)
+        for v in scored:
+            scores[v.label] = score_variant(store, model_name, v.adapter_path, v.adapter_id, refs,
+                                            progress=advance, dtype=dtype, context=v.context)
     qids, mis = [r.question_id for r in refs], [r.misaligned for r in refs]
     out = {label: shift(s, scores["base"], qids, mis, seed=seed).as_dict() for label, s in scores.items()
            if label != "base"}

@@ -359,12 +359,14 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, root: Path = Path("runs
     write_loss_curve(run_dir, trainer.state.log_history)
 
     from emlab.hashing import file_hash
+    from emlab.models.registry import model_hash
 
     weights = sorted(adapter_dir.glob("*.safetensors"))
     record = {
         "kind": "train",
         "config": cfg.model_dump(),
         "config_hash": cfg.content_hash(),
+        "base_model_hash": model_hash(cfg.model),  # the weights the adapter was trained on
         "dataset": {"ref": cfg.dataset, "path": str(data_path), "sha256": dataset_hash(data_path),
                     "rows_used": len(rows), "rows_dropped_over_max_length": dropped},
         "adapter_sha256": file_hash(weights[0]) if weights else None,
