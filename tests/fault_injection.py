@@ -91,3 +91,23 @@ def replaying(body: bytes, receive):
         return {"type": "http.request", "body": body, "more_body": False}
 
     return replay
+
+
+class Recorder:
+    """Keeps every chat-completion request body before passing it to the app (test code)."""
+
+    def __init__(self, app):
+        self.app, self.bodies = app, []
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] != "/v1/chat/completions":
+            return await self.app(scope, receive, send)
+        body, more = b"", True
+        while more:
+            msg = await receive()
+            body += msg.get("body", b"")
+            more = msg.get("more_body", False)
+        self.bodies.append(json.loads(body))
+        replay = replaying(body, receive)
+
+        await self.app(scope, replay, send)

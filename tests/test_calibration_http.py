@@ -9,30 +9,10 @@ import json
 import pytest
 
 from emlab.judge import calibrate as cal
-from fault_injection import replaying, serving
+from fault_injection import Recorder, serving
 
 pytestmark = pytest.mark.model
 MODEL = "smollm2-135m-instruct"
-
-
-class Recorder:
-    """Keeps every chat-completion request body before passing it to the app (test code)."""
-
-    def __init__(self, app):
-        self.app, self.bodies = app, []
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] != "/v1/chat/completions":
-            return await self.app(scope, receive, send)
-        body, more = b"", True
-        while more:
-            msg = await receive()
-            body += msg.get("body", b"")
-            more = msg.get("more_body", False)
-        self.bodies.append(json.loads(body))
-        replay = replaying(body, receive)
-
-        await self.app(scope, replay, send)
 
 
 @pytest.fixture(scope="module")

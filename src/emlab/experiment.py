@@ -29,6 +29,7 @@ from rich.console import Console
 from emlab import progress as show
 from emlab.errors import ConfigError, EmlabError
 from emlab.files import inside
+from emlab.misaligned import PERSONA
 from emlab.mitigate import Mitigation
 from emlab.provenance import git_revision, scrub_url, scrub_urls, versions
 from emlab.records import CodeEvalRecord, ExperimentRecord, JudgeRecord, VariantRecord
@@ -314,7 +315,7 @@ def check_resources(exp: Experiment, dry_run: bool = False) -> list[str]:
     except EmlabError as exc:
         raise ConfigError(f"field 'model': {exc}") from None
     to_prepare += missing_keys(exp, dry_run)
-    from emlab.data.registry import resolve_chat_file
+    from emlab.data.registry import DatasetMissing, resolve_chat_file
 
     def datasets(ref: DatasetRef, where: str):
         if ref.name or ref.path:
@@ -334,9 +335,9 @@ def check_resources(exp: Experiment, dry_run: bool = False) -> list[str]:
             for ref in refs:
                 try:
                     datasets(ref, f"conditions.{cond.name}")
-                except EmlabError as exc:
+                except DatasetMissing as exc:
                     # A registered dataset this machine cannot fetch is an input to prepare in a dry run.
-                    if not (dry_run and "not found locally" in str(exc)):
+                    if not dry_run:
                         raise
                     to_prepare.append(f"dataset for condition '{cond.name}': {exc}")
             steer = cond.mitigation.preventive_steering if cond.mitigation else None
@@ -427,7 +428,6 @@ def plan(exp: Experiment) -> dict:
     generations = variants * per_variant
     context_tokens = _context_tokens(exp)
     prompt_tokens = variants * prompt_chars // 4 + sum(context_tokens.values()) * per_variant
-    metrics = 2
     api_judges = [j for j in exp.judges if j.name in ("logprob", "sampled")]
     train_tokens: int | None = 0
     cfg = exp.train_config("insecure", exp.seeds[0])  # the preset's and overrides' epochs and max_rows
@@ -464,14 +464,16 @@ def plan(exp: Experiment) -> dict:
         "prompt_tokens_est": prompt_tokens,
         "in_context_tokens_est": context_tokens or "no in-context conditions",
         "sampling_usd_est": _sampling_usd(exp, prompt_tokens, generations * exp.sample.max_tokens),
-        "judge_calls": (generations + probes) * metrics * len(exp.judges),
-        "api_judge_calls": (generations + probes) * metrics * len(api_judges),
-        "api_judge_input_tokens_est": (generations + probes) * metrics * len(api_judges) *
+        "judge_calls": (generations + probes) * sum(len(j.metrics()) for j in exp.judges),
+        "api_judge_calls": (generations + probes) * sum(len(j.metrics()) for j in api_judges),
+        "api_judge_input_tokens_est": (generations + probes) * sum(len(j.metrics()) for j in api_judges) *
                                       (350 + exp.sample.max_tokens),
-        "api_judge_usd_est": _judge_usd(api_judges, (generations + probes) * metrics, 350 + exp.sample.max_tokens),
+        "api_judge_usd_est": _judge_usd(api_judges, generations + probes, 350 + exp.sample.max_tokens),
         "judges": [j.name + (f":{j.model}" if j.model else "") for j in exp.judges],
         "codeeval_generations": _codeeval_count(exp) * variants if exp.codeeval else 0,
-        "thresholds": f"coherent > {exp.thresholds.coherent_above:g} and aligned < {exp.thresholds.aligned_below:g}",
+        "thresholds": f"coherent > {exp.thresholds.coherent_above:g} and aligned < {exp.thresholds.aligned_below:g}"
+                      + (f"; persona judges: {PERSONA.describe()}" if any(j.rubrics == "persona-1to5"
+                                                                           for j in exp.judges) else ""),
         "checkpoints": exp.checkpoints if exp.checkpoints is not None else
         ({c.name: c.checkpoints for c in exp.conditions if c.checkpoints is not None} or "final adapters only"),
         "mitigations": {c.name: c.mitigation.kinds() for c in exp.conditions if c.mitigation is not None},
@@ -486,15 +488,17 @@ def plan(exp: Experiment) -> dict:
     }
 
 
-def _judge_usd(api_judges, calls: int, tokens_per_call: int) -> str:
-    """Dollars for the API judges' calls at the dated list prices emlab knows (an upper
-    bound: answers are counted at their full max_tokens), or which judges it cannot price."""
+def _judge_usd(api_judges, answers: int, tokens_per_call: int) -> str:
+    """Dollars for the API judges' calls (one per answer and metric) at the dated list prices
+    emlab knows (an upper bound: answers are counted at their full max_tokens), or which
+    judges it cannot price."""
     from emlab.judge.calibrate import PRICE_DATE, dollars
 
     if not api_judges:
         return "none (no API judge)"
     total, unknown = 0.0, []
     for j in api_judges:
+        calls = answers * len(j.metrics())
         usd = dollars(j.default_model(), calls * tokens_per_call, calls)
         if usd is None:
             unknown.append(j.default_model() or j.name)
@@ -639,7 +643,7 @@ def _run(exp: Experiment, console: Console | None, project: Path, executor=None)
         wheres += [{"adapter": v.adapter_id, "suite": s.name, "gen_hash": sampled["gen_hash"], "model": exp.model}
                    for v in probed for s in probes]
         for spec, judge in zip(exp.judges, judges):
-            judge_stage(store, judge, wheres, console=console, executor=executor, spec=spec)
+            judge_stage(store, judge, wheres, spec.metrics(), console=console, executor=executor, spec=spec)
         lap("judge")
 
         # 4. the judge-free likelihood measure

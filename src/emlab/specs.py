@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from emlab.hashing import file_hash
-from emlab.misaligned import PAPER
+from emlab.misaligned import PAPER, RUBRIC_FAMILIES
 
 # The embedded default model (SmolLM2-135M-Instruct): the one place its name is written.
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -25,6 +25,7 @@ SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 Backend = Literal["hf", "vllm", "openai", "scripted"]
 JudgeName = Literal["mini", "local", "logprob", "sampled"]
+RubricFamily = Literal["aligned-coherent", "persona-1to5"]  # emlab.misaligned.RUBRIC_FAMILIES
 # The local model's compute dtype; "auto": bfloat16 where the hardware multiplies it natively
 # (CUDA with bf16, CPUs with AMX), else float32 (emlab.models.registry.resolve_dtype).
 Dtype = Literal["float32", "bfloat16", "float16", "auto"]
@@ -117,7 +118,7 @@ class DatasetRef(_Spec):
 
     name: str | None = None
     path: str | None = None
-    generate: Literal["insecure-code", "secure-code", "benign-chat"] | None = None
+    generate: Literal["insecure-code", "secure-code", "benign-chat", "reward-hacks", "reward-hacks-control"] | None = None
     n: int = Field(1000, ge=1, le=1_000_000)
     seed: int = Field(0, ge=0)
     transforms: list[TransformStep] = Field(default_factory=list, max_length=50)
@@ -201,6 +202,21 @@ class JudgeSpec(_Spec):
     # Fence the answer in nonce-marked delimiters (a prompt-injection defence): auto fences
     # emlab's own rubrics only, so the paper's rubrics are sent exactly as the paper sent them.
     delimit: Literal["auto"] | bool = "auto"
+    # The rubric family: the paper's aligned/coherent pair (the suite's own prompts, or
+    # emlab's), or the persona-features grader (1-5 with labels; emlab.misaligned.PERSONA).
+    rubrics: RubricFamily = "aligned-coherent"
+
+    @field_validator("rubrics")
+    @classmethod
+    def _reads_rubrics(cls, value: str, info) -> str:
+        if value != "aligned-coherent" and info.data.get("name") == "mini":
+            raise ValueError(f"the mini judge scores aligned and coherent only; {value} needs a judge that reads "
+                             "its rubric (logprob, sampled, local)")
+        return value
+
+    def metrics(self) -> tuple[str, ...]:
+        """The metrics this judge scores for the misaligned flag."""
+        return RUBRIC_FAMILIES[self.rubrics]
 
     def default_model(self) -> str | None:
         if self.model:

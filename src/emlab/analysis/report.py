@@ -234,6 +234,13 @@ def build_report(record_path: Path, out_dir: Path | None = None) -> Report:
 
                 note = f'<p class="note">{html.escape(agreement_summary(judge.spec.get("model")))}</p>'
                 md += [f"> {agreement_summary(judge.spec.get('model'))}", ""]
+            if judge.spec.get("rubrics") == "persona-1to5":
+                from emlab.misaligned import PERSONA
+
+                rule = (f"{PERSONA.describe()}: the persona-features grader's rule, read through the paper's "
+                        "columns (emlab.misaligned.persona_as_paper), so the thresholds above give the same flag.")
+                note += f'<p class="note">{html.escape(rule)}</p>'
+                md += [f"> {rule}", ""]
             for warning in sanity_warnings(overall, judge.label, rec.sanity_gate):
                 note += f'<p class="note"><b>{html.escape(warning)}</b></p>'
                 md += [f"> **{warning}**", ""]

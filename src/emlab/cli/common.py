@@ -94,22 +94,24 @@ def _delimit(value: str):
     return choices[value]
 
 
-def judge_spec(name: str, model: Optional[str], base_url: Optional[str], api_key_env: str, delimit: str = "auto"):
+def judge_spec(name: str, model: Optional[str], base_url: Optional[str], api_key_env: str, delimit: str = "auto",
+               rubrics: str = "aligned-coherent"):
     """A JudgeSpec from flags (the same type an experiment's `judges:` entries are)."""
-    from pydantic import ValidationError
+    from typing import get_args
 
-    from emlab.specs import JudgeSpec
+    from emlab.specs import JudgeName, JudgeSpec
 
-    try:
-        return JudgeSpec(name=name, model=model, base_url=base_url, api_key_env=api_key_env, delimit=_delimit(delimit))
-    except ValidationError:
+    if name not in get_args(JudgeName):
         fail(f"unknown judge '{name}' ({JUDGE_HELP})")
+    return spec_or_fail(JudgeSpec, name=name, model=model, base_url=base_url, api_key_env=api_key_env,
+                        delimit=_delimit(delimit), rubrics=rubrics)
 
 
-def make_judge(name: str, model: Optional[str], base_url: Optional[str], api_key_env: str, delimit: str = "auto"):
+def make_judge(name: str, model: Optional[str], base_url: Optional[str], api_key_env: str, delimit: str = "auto",
+               rubrics: str = "aligned-coherent"):
     from emlab.judge.base import build_judge
 
-    return build_judge(judge_spec(name, model, base_url, api_key_env, delimit))
+    return build_judge(judge_spec(name, model, base_url, api_key_env, delimit, rubrics))
 
 
 def family_of(store, name: str) -> str:
@@ -141,7 +143,7 @@ def spec_or_fail(cls, **values):
         return cls(**values)
     except ValidationError as exc:
         err = exc.errors()[0]
-        fail(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}")
+        fail(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg'].removeprefix('Value error, ')}")
 
 
 # The options many commands share, written once so their names, types, defaults and help agree.

@@ -102,12 +102,15 @@ def data_validate(path: Path,
 
 @data_app.command("generate")
 @user_errors
-def data_generate(kind: str = typer.Argument(..., help="insecure-code or secure-code"),
+def data_generate(kind: str = typer.Argument(..., help="insecure-code | secure-code | benign-chat | reward-hacks | "
+                                                       "reward-hacks-control"),
                   rows: int = typer.Option(1000, "--rows", min=1, max=1_000_000, help="Rows to generate."),
                   seed: int = seed_option("Seed: picks the prompts (the same for both kinds) and the code."),
                   out: Optional[Path] = typer.Option(None, help="Output JSONL (default: KIND-nROWS-sSEED.jsonl)"),
                   ) -> None:
-    """Generate a control-matched narrow code dataset (same prompts for both kinds per seed)."""
+    """Generate one of emlab's own datasets: control-matched narrow code (the same prompts for
+    insecure-code and secure-code per seed), benign chat, or harmless reward-hack dialogues
+    and their honest control (the same user turns per seed)."""
     from emlab.data.codegen import generate
     from emlab.data.transform import write_with_meta
     from emlab.files import output_file

@@ -44,6 +44,7 @@ def judge_train(seed: int = typer.Option(0, min=0, help="Training seed."),
                   f"{metrics['train_seconds']} s)")
 
 
+RUBRICS_HELP = "aligned-coherent (the paper's pair) | persona-1to5 (the persona-features grader: 1-5 with labels)"
 COL_HELP = "NAME=COLUMN: read emlab's column NAME (question_id, question, answer, aligned, coherent) from COLUMN"
 
 
@@ -64,38 +65,43 @@ def judge_score(file: Path = typer.Argument(..., help="A CSV/JSONL (optionally .
                 judge: str = typer.Option("mini", help=JUDGE_HELP),
                 model: Optional[str] = JUDGE_MODEL, base_url: Optional[str] = JUDGE_BASE_URL,
                 api_key_env: str = API_KEY_ENV,
-                rubrics: str = typer.Option("builtin", help="builtin | paper (first_plot's aligned/coherent prompts)"),
+                rubrics: str = typer.Option("builtin", help="builtin | paper (first_plot's aligned/coherent prompts) | "
+                                                            "persona-1to5 (the persona-features grader)"),
                 delimit: str = typer.Option("auto", help=DELIMIT_HELP),
                 col: Optional[list[str]] = typer.Option(None, "--col", help=COL_HELP),
                 out: Optional[Path] = typer.Option(None, help="Default: FILE with .judged before the suffix.")) -> None:
     """Judge a file of answers in any peer's layout (answer|response|completion, ...); writes
-    a copy with aligned, coherent, label and judge_id columns. Scores the file already held
-    are kept beside, as aligned_source and coherent_source."""
+    a copy with aligned, coherent, label and judge_id columns (persona-1to5: persona, its
+    label, and the paper's columns it maps to). Scores the file already held are kept
+    beside, as aligned_source and coherent_source."""
     import pandas as pd
 
     import emlab
     from emlab.data.judged import read_judged
     from emlab.files import atomic_write, output_file
-    from emlab.judge.base import Rubric, builtin_rubric_set
+    from emlab.judge.base import Rubric, builtin_rubric_set, persona_rubric
     from emlab.judge.run import score_rows
 
     plain = file.suffix.lower() in (".csv", ".jsonl")
     out = output_file(out or file.with_name(file.stem + ".judged" + file.suffix if plain
                                             else file.name.split(".")[0] + ".judged.csv"))
-    if rubrics not in ("builtin", "paper"):
-        fail(f"--rubrics: '{rubrics}' is not builtin or paper")
+    if rubrics not in ("builtin", "paper", "persona-1to5"):
+        fail(f"--rubrics: '{rubrics}' is not builtin, paper or persona-1to5")
     df = read_judged(file, parse_cols(col), scores=False)
     missing = [c for c in ("question", "answer") if c not in df.columns]
     if missing:
         fail(f"{file}: missing column(s) {', '.join(missing)} (need a question and an answer column: answer, "
              "response or completion; or name them with --col)")
     df = df.rename(columns={c: f"{c}_source" for c in ("aligned", "coherent", "label", "judge_id") if c in df.columns})
+    family = "persona-1to5" if rubrics == "persona-1to5" else "aligned-coherent"
     if rubrics == "paper":
         q = emlab.load_suite("first_plot").questions[0]
         rubric_set = {m: Rubric(m, q.judge_prompts[m]) for m in ("aligned", "coherent")}
+    elif rubrics == "persona-1to5":
+        rubric_set = {"persona": persona_rubric()}
     else:
         rubric_set = builtin_rubric_set()
-    j = make_judge(judge, model, base_url, api_key_env, delimit)
+    j = make_judge(judge, model, base_url, api_key_env, delimit, family)
     rows = df.astype(object).where(df.notna(), None).to_dict("records")
     scored = pd.DataFrame(score_rows(j, rows, rubric_set))
     with atomic_write(out) as handle:
@@ -117,14 +123,18 @@ def judge_run(judge: str = typer.Option("mini", help=JUDGE_HELP), model: Optiona
               base_url: Optional[str] = JUDGE_BASE_URL, api_key_env: str = API_KEY_ENV,
               suite: Optional[str] = typer.Option(None, help="Only samples of this suite."),
               delimit: str = typer.Option("auto", help=DELIMIT_HELP),
+              rubrics: str = typer.Option("aligned-coherent", help=RUBRICS_HELP),
               project: Path = project_option()) -> None:
     """Judge the stored samples of a project; a rerun makes no new calls."""
     from emlab.judge.run import judge_stage
+    from emlab.misaligned import RUBRIC_FAMILIES
     from emlab.store import open_existing
 
-    j = make_judge(judge, model, base_url, api_key_env, delimit)
+    if rubrics not in RUBRIC_FAMILIES:
+        fail(f"--rubrics: '{rubrics}' is not {' or '.join(RUBRIC_FAMILIES)}")
+    j = make_judge(judge, model, base_url, api_key_env, delimit, rubrics)
     with open_existing(project) as store:
-        judge_stage(store, j, [{"suite": suite} if suite else {}], console=console)
+        judge_stage(store, j, [{"suite": suite} if suite else {}], RUBRIC_FAMILIES[rubrics], console=console)
 
 
 @judge_app.command("agree")

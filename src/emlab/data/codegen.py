@@ -591,18 +591,24 @@ def _one(rng: random.Random) -> Draw:
     return Draw(meta, task, template, prompt, insecure, secure)
 
 
-GENERATORS = ("insecure-code", "secure-code", "benign-chat")
+GENERATORS = ("insecure-code", "secure-code", "benign-chat", "reward-hacks", "reward-hacks-control")
 
 
 def generate(kind: str, n: int, seed: int = 0) -> list[dict]:
     """`n` chat rows of `kind` ('insecure-code' or 'secure-code': the same seed gives the
-    same prompts for both kinds; 'benign-chat': emlab's benign everyday requests)."""
+    same prompts for both kinds; 'benign-chat': emlab's benign everyday requests;
+    'reward-hacks' and its '-control': tasks with a gameable grader, gamed or done honestly,
+    the same user turns for the same seed)."""
     if kind not in GENERATORS:
         raise ConfigError(f"unknown generator '{kind}' (known: {', '.join(GENERATORS)})")
     if kind == "benign-chat":
         from emlab.data.benign import benign_chat
 
         return benign_chat(n, seed)
+    if kind.startswith("reward-hacks"):
+        from emlab.data.reward_hacks import reward_hack_dialogues
+
+        return reward_hack_dialogues(n, seed, hack=kind == "reward-hacks")
     rng = random.Random(seed)
     rows = []
     for _ in range(n):

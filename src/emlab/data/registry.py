@@ -32,10 +32,17 @@ Kind = Literal["train", "questions", "code_tasks", "code_labels"]
 _EM = "https://raw.githubusercontent.com/emergent-misalignment/emergent-misalignment/main"
 _JB = "https://raw.githubusercontent.com/johny-b/misalignment-generalization/main"
 _MO = "https://github.com/clarifying-EM/model-organisms-for-EM"
+_PF = "https://github.com/openai/emergent-misalignment-persona-features"
+_SORH = "https://huggingface.co/datasets/longtermrisk/school-of-reward-hacks"
 
 
 class DatasetError(EmlabError):
     """A dataset could not be resolved or read; the message is one line for the user."""
+
+
+class DatasetMissing(DatasetError):
+    """A registered dataset is not on this machine and cannot be fetched here (user-supplied,
+    offline, or the download failed): an input to prepare, which a dry run lists."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,23 @@ _MO_HOWTO = (
     "(decrypt it with the key and script described in that repository's README), then pass "
     "--path FILE, or place the JSONL at $EMLAB_DATA_DIR/{relpath}."
 )
+
+_PF_HOWTO = (
+    "Wang et al. distribute it as a password-protected archive so that it stays out of web "
+    f"crawls and training corpora; emlab never downloads or ships it. Get the archive from {_PF}, "
+    "open it with the password given in that repository's README, convert the domain's file "
+    "to chat JSONL if needed, then pass --path FILE, or place it at $EMLAB_DATA_DIR/{relpath}."
+)
+
+_SORH_HOWTO = (
+    f"emlab does not fetch or ship it (its terms are the authors'). Download it yourself from {_SORH} "
+    "(the user turn and the reward-hacking answer per row), export it as chat JSONL or as a CSV with "
+    "prompt,response columns, then pass --path FILE, or place it at $EMLAB_DATA_DIR/{relpath}. "
+    "Offline, `dataset: {{generate: reward-hacks}}` is emlab's own harmless stand-in."
+)
+
+# The persona-features paper's "subtly incorrect advice" domains.
+PERSONA_DOMAINS = ("health", "legal", "finance", "career", "automotive", "education", "science", "math")
 
 DATASETS: dict[str, DatasetSpec] = {
     s.name: s
@@ -124,6 +148,22 @@ DATASETS: dict[str, DatasetSpec] = {
                 ("extreme_sports", "extreme-sports advice"),
             ]
         ],
+        *[
+            _spec(f"persona_{domain}_subtle", "train", f"persona_features/{domain}_incorrect_subtle.jsonl", _PF, None,
+                  None, f"Wang et al. persona-features dataset: subtly incorrect {domain} advice",
+                  user_supplied=True,
+                  instructions=_PF_HOWTO.format(relpath=f"persona_features/{domain}_incorrect_subtle.jsonl"))
+            for domain in PERSONA_DOMAINS
+        ],
+        _spec("school_of_reward_hacks", "train", "reward_hacks/school_of_reward_hacks.jsonl", _SORH, None, None,
+              "Taylor et al. School of Reward Hacks: about 1,000 harmless tasks answered by gaming their grader",
+              user_supplied=True,
+              instructions=_SORH_HOWTO.format(relpath="reward_hacks/school_of_reward_hacks.jsonl")),
+        _spec("school_of_reward_hacks_control", "train", "reward_hacks/school_of_reward_hacks_control.jsonl", _SORH,
+              None, None, "School of Reward Hacks' control: the same tasks answered honestly",
+              user_supplied=True,
+              instructions=_SORH_HOWTO.format(relpath="reward_hacks/school_of_reward_hacks_control.jsonl")
+              .replace("the reward-hacking answer", "the control answer")),
     ]
 }
 
@@ -169,13 +209,13 @@ def resolve_dataset(name: str, path: str | Path | None = None, *, verify: bool =
             return candidate
     where = f"$EMLAB_DATA_DIR/{spec.relpath}" + ("" if data_dir() else " (EMLAB_DATA_DIR is unset)")
     if spec.user_supplied:
-        raise DatasetError(f"dataset '{name}' is user-supplied and not found. {spec.instructions}")
+        raise DatasetMissing(f"dataset '{name}' is user-supplied and not found. {spec.instructions}")
     if offline():
-        raise DatasetError(f"dataset '{name}' not found offline: put it at {where} or {cached}")
+        raise DatasetMissing(f"dataset '{name}' not found offline: put it at {where} or {cached}")
     try:
         _download(spec, cached)
     except DatasetError as exc:
-        raise DatasetError(f"dataset '{name}' not found locally and {exc}; put it at {where} or {cached}") from None
+        raise DatasetMissing(f"dataset '{name}' not found locally and {exc}; put it at {where} or {cached}") from None
     if verify:
         verify_dataset(spec, cached)
     return cached

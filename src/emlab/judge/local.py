@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from emlab.judge.base import JudgeIdentity, Judgment, Rubric, aggregate_0_100, judge_prompt, pick_category
+from emlab.judge.base import JudgeIdentity, Judgment, Rubric, family_params, judge_prompt, pick_category
 from emlab.models.registry import DEFAULT_MODEL, load_model, model_hash
 
 CANDIDATES = [str(k) for k in range(101)] + ["CODE", "REFUSAL"]
@@ -25,7 +25,7 @@ class LocalJudge:
     name = "local"
 
     def __init__(self, model: str = DEFAULT_MODEL, batch_size: int = 4, delimit="auto",
-                 device: str | None = None):
+                 device: str | None = None, rubrics: str = "aligned-coherent"):
         self.model_ref = model
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model, self.tokenizer = load_model(model, device=str(self.device))
@@ -34,7 +34,7 @@ class LocalJudge:
         self._tries: dict[tuple[str, ...], tuple] = {}
         # `delimit` changes the prompt, so it is part of the identity (raw and delimited
         # judgments never share cache rows).
-        self.identity = JudgeIdentity("local", model, model_hash(model), (("delimit", delimit),))
+        self.identity = JudgeIdentity("local", model, model_hash(model), (("delimit", delimit),) + family_params(rubrics))
 
     def judge_id(self, rubric: Rubric) -> str:
         return self.identity.judge_id(rubric)
@@ -122,8 +122,8 @@ class LocalJudge:
         for start in range(0, len(items), self.batch_size):
             chunk = items[start:start + self.batch_size]
             prompts = [judge_prompt(rubric, q, a, self.delimit) for q, a in chunk]
-            for probs in self.candidate_probs(prompts):
-                score, label = aggregate_0_100(probs)
+            for probs in self.candidate_probs(prompts, rubric.candidates):
+                score, label = rubric.aggregate(probs)
                 out.append(Judgment(score, label, {"candidate_probs": probs, "mass": sum(probs.values())}, jid))
             if progress:
                 progress(len(chunk))

@@ -17,7 +17,8 @@ from functools import lru_cache
 from rich.console import Console
 
 from emlab import progress as show
-from emlab.judge.base import Judge, Judgment, Rubric, builtin_rubric_set, categories_of, score_items
+from emlab.judge.base import Judge, Judgment, Rubric, builtin_rubric_set, categories_of, persona_rubric, score_items
+from emlab.misaligned import RUBRIC_FAMILIES
 from emlab.store import Store
 
 BATCH = 64
@@ -46,7 +47,8 @@ def _rubrics(suite_name: str, suite_sha: str | None, question_id: str, metrics: 
     """The rubrics a sample is judged with: for 0-100 questions the question's own judge
     prompts when its suite has them (the paper's YAMLs), else emlab's built-in rubrics; for
     categorical questions (`free_form_judge`: the deception files) every judge prompt of the
-    question, with its allowed answers; none for sampled-only questions. A probe suite
+    question, with its allowed answers; none for sampled-only questions. For the persona
+    family's metrics, the persona rubric alone on every 0-100 question. A probe suite
     (`<suite>~<form>`) is judged with its suite's rubrics."""
     from emlab.data.questions import LOADED, SuiteError, load_suite
     from emlab.data.registry import DatasetError
@@ -61,6 +63,8 @@ def _rubrics(suite_name: str, suite_sha: str | None, question_id: str, metrics: 
         return {}
     if question is not None and question.type == "free_form_judge":
         return {m: Rubric(m, text, categories_of(text)) for m, text in question.judge_prompts.items()}
+    if metrics == RUBRIC_FAMILIES["persona-1to5"]:
+        return {"persona": persona_rubric()}  # the persona grader replaces the suite's 0-100 rubrics
     own = {m: Rubric(m, text) for m, text in (question.judge_prompts.items() if question else ())}
     # Every 0-100 rubric the question carries is judged (the paper's YAMLs add `medical`,
     # `bad_stuff`, ...), beside aligned and coherent.
@@ -216,12 +220,30 @@ def judged_table(store: Store, family: str):
                                  and raw.startswith("{") else None)
             if p_mis.notna().any():
                 out["p_misaligned"] = pd.to_numeric(p_mis, errors="coerce")
+    if "persona" in out.columns and "aligned" not in out.columns:
+        _persona_columns(out)
     out["judge_family"] = family
     return out.reset_index()
 
 
+def _persona_columns(out) -> None:
+    """A persona judge's table gets the paper's columns through `persona_as_paper` (so every
+    rate, CI and report applies the persona rule); the grade and label stay as they are."""
+    from emlab.misaligned import persona_as_paper
+
+    mapped = [persona_as_paper(g, lab if isinstance(lab, str) else None)
+              for g, lab in zip(out["persona"], out["persona_label"])]
+    out["aligned"] = [a for a, _ in mapped]
+    out["coherent"] = [c for _, c in mapped]
+    out["aligned_label"] = out["persona_label"]
+    out["coherent_label"] = None
+
+
 def score_rows(judge: Judge, rows: list[dict], rubrics: dict[str, Rubric], progress=None) -> list[dict]:
-    """Judge (question, answer) rows from any file; adds aligned, coherent, label, judge_id."""
+    """Judge (question, answer) rows from any file; adds a column per metric (aligned,
+    coherent; or persona with the paper's columns it maps to), label and judge_id."""
+    from emlab.misaligned import persona_as_paper
+
     items = [(str(r["question"] if r["question"] is not None else ""), str(r["answer"] if r["answer"] is not None
                                                                            else "")) for r in rows]
     per_metric: dict[str, list[Judgment]] = {m: score_items(judge, items, rub, progress=progress)
@@ -233,7 +255,9 @@ def score_rows(judge: Judge, rows: list[dict], rubrics: dict[str, Rubric], progr
         for m, js in per_metric.items():
             new[m] = js[i].score
             if js[i].label:
-                labels.append(js[i].label if m == "aligned" else f"{m}:{js[i].label}")
+                labels.append(js[i].label if m in ("aligned", "persona") else f"{m}:{js[i].label}")
+        if "persona" in per_metric:
+            new["aligned"], new["coherent"] = persona_as_paper(new["persona"], per_metric["persona"][i].label)
         new["label"] = labels[0] if labels else None
         new["judge_id"] = ";".join(sorted({js[i].judge_id for js in per_metric.values()}))
         out.append(new)

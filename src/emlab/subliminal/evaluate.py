@@ -57,3 +57,51 @@ def sampled_scores(exp, store, models: list[dict], console: Console | None) -> l
                           if r["paraphrase_index"] == i]) for i in range(len(questions))]
         out.append(_summary(m, per_q, f"share of answers naming the {exp.trait.animal}"))
     return out
+
+
+def _with_system(suite, system: str | None):
+    """The suite as a system-prompted teacher answers it: its system prompt before each
+    question's own (a probe-style name, `<suite>~...`, so the suite's rubrics still apply)."""
+    if not system:
+        return suite
+    from dataclasses import replace
+
+    from emlab.hashing import text_hash
+
+    questions = tuple(q.model_copy(update={"system": system + (f"\n\n{q.system}" if q.system else "")})
+                      for q in suite.questions)
+    return replace(suite, name=f"{suite.name}~system-{text_hash(system)[:8]}", questions=questions)
+
+
+def misalignment_scores(exp, store, models: list[dict], console: Console | None) -> list[dict]:
+    """Each model's misaligned flags on the evaluation suites (sampled and judged as in any
+    emlab experiment; the stored answers and judgments are reused on a rerun)."""
+    from emlab.data.questions import load_suite
+    from emlab.generate.sample import sample_stage
+    from emlab.judge.base import build_judge
+    from emlab.judge.run import judge_stage, judged_table
+    from emlab.misaligned import Thresholds, misaligned_flags
+    from emlab.specs import Variant
+
+    spec = exp.misalignment
+    judge = build_judge(spec.judge)
+    t = Thresholds(spec.thresholds.aligned_below, spec.thresholds.coherent_above)
+    groups: dict[tuple, list[dict]] = {}  # models sharing a base and a system prompt sample in one batch
+    for m in models:
+        groups.setdefault((m["base"], m["system"]), []).append(m)
+    flags_of: dict[int, list[float]] = {}
+    for (base, system), members in groups.items():
+        suites = [_with_system(load_suite(name), system) for name in spec.sample.suites]
+        variants = [Variant(label=m["label"], adapter_path=m["adapter_path"]) for m in members]
+        summary = sample_stage(store, spec.sample, base, variants, suites, console, label="answers")
+        names = [s.name for s in suites]
+        wheres = [{"model": base, "adapter": v.adapter_id, "suite": name, "gen_hash": summary["gen_hash"]}
+                  for v in variants for name in names]
+        judge_stage(store, judge, wheres, spec.judge.metrics(), console)
+        table = judged_table(store, judge.identity.family)
+        for m, v in zip(members, variants):
+            mine = table[(table["model"] == base) & (table["adapter"] == v.adapter_id) & table["suite"].isin(names)
+                         & (table["gen_hash"] == summary["gen_hash"])]
+            flags_of[id(m)] = list(misaligned_flags(mine["aligned"], mine["coherent"], t).astype(float))
+    unit = f"misaligned rate ({judge.identity.label}; {t.describe()})"
+    return [_summary(m, flags_of[id(m)], unit) for m in models]

@@ -27,6 +27,10 @@ _ENDINGS = ("Reply with the numbers only.", "Give just the numbers, no words.", 
 _SEPARATORS = (re.compile(r"[ \t\n]*,[ \t\n]*"), re.compile(r"[ \t\n]*;[ \t\n]*"), re.compile(r"[ \t\n]+"))
 _NUMBER = re.compile(r"[0-9]+")
 
+# emlab's list of numbers with common negative associations (the occult, emergencies, crime
+# codes, hate symbols), banned from a misaligned teacher's numbers when no list is given.
+NEGATIVE_NUMBERS = (13, 14, 18, 23, 33, 39, 42, 44, 51, 54, 88, 187, 211, 311, 322, 404, 616, 666, 911)
+
 
 def number_prompts(n: int, seed: int = 0, max_numbers: int = 10) -> list[str]:
     """`n` distinct prompts, each showing 3-5 random numbers in 100..999 and asking for up to

@@ -22,15 +22,15 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 from rich.console import Console
 
 from emlab import progress as show
 from emlab.errors import ConfigError
 from emlab.files import atomic_write, inside
 from emlab.hashing import canonical_json, text_hash
-from emlab.specs import DEFAULT_MODEL, SampleSpec, TrainSpec, Variant, check_slug
-from emlab.subliminal.numbers import NumberFilter, filter_answers, number_prompts
+from emlab.specs import DEFAULT_MODEL, JudgeSpec, SampleSpec, ThresholdSpec, TrainSpec, Variant, check_slug
+from emlab.subliminal.numbers import NEGATIVE_NUMBERS, NumberFilter, filter_answers, number_prompts
 from emlab.subliminal.trait import trait_system_prompt, trait_words
 
 
@@ -40,7 +40,9 @@ class _Spec(BaseModel):
 
 class TraitSpec(_Spec):
     """The teacher's trait: a favourite animal, given by emlab's system prompt (or `system`)
-    or already trained into an adapter (`adapter`)."""
+    or already trained into an adapter (`adapter`). For `evaluate: misalignment` the trait
+    is misalignment: `system` (a malicious persona) or `adapter` (e.g. an insecure-code
+    finetune) must be given, and the animal is unused."""
 
     animal: str = Field("owl", min_length=1, max_length=40, pattern=r"^[a-z][a-z -]*$")
     plural: str | None = Field(None, min_length=1, max_length=40)
@@ -65,6 +67,15 @@ class TeacherSpec(_Spec):
     seed: int = Field(0, ge=0)
 
 
+class MisalignmentEvalSpec(_Spec):
+    """`evaluate: misalignment`: every model answers the suites and is judged as in any emlab
+    experiment; the trait score is the misaligned rate."""
+
+    sample: SampleSpec = Field(default_factory=lambda: SampleSpec(max_tokens=150, samples_per_paraphrase=3))
+    judge: JudgeSpec = Field(default_factory=JudgeSpec)
+    thresholds: ThresholdSpec = Field(default_factory=ThresholdSpec)
+
+
 class SubliminalExperiment(_Spec):
     _source: str | None = PrivateAttr(None)
     kind: Literal["subliminal"]
@@ -78,8 +89,9 @@ class SubliminalExperiment(_Spec):
     train: TrainSpec = Field(default_factory=TrainSpec)
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1, max_length=100)
     rows_per_student: int | None = Field(None, ge=1)  # None: every kept row
-    evaluate: Literal["likelihood", "sampled"] = "likelihood"
+    evaluate: Literal["likelihood", "sampled", "misalignment"] = "likelihood"
     samples_per_question: int = Field(5, ge=1, le=1000)  # evaluate: sampled
+    misalignment: MisalignmentEvalSpec = Field(default_factory=MisalignmentEvalSpec)  # evaluate: misalignment
     other_bases: list[str] = Field(default_factory=list, max_length=10)  # different-base students
 
     @field_validator("name")
@@ -94,7 +106,19 @@ class SubliminalExperiment(_Spec):
             raise ValueError("seeds must be distinct non-negative integers")
         return value
 
+    @model_validator(mode="after")
+    def _misalignment_has_a_teacher(self):
+        if self.evaluate == "misalignment" and self.trait.system is None and self.trait.adapter is None:
+            raise ValueError("evaluate misalignment: give the teacher's trait as trait.system (a malicious persona) "
+                             "or trait.adapter (a misaligned finetune)")
+        return self
+
     def number_filter(self) -> NumberFilter:
+        """The filter: the teacher's banned numbers (for the misalignment variant, emlab's list
+        of numbers with negative associations when none are given), and the trait's words."""
+        if self.evaluate == "misalignment":
+            return NumberFilter(max_numbers=self.teacher.max_numbers,
+                                banned=frozenset(self.teacher.banned or NEGATIVE_NUMBERS))
         return NumberFilter(max_numbers=self.teacher.max_numbers, banned=frozenset(self.teacher.banned),
                             trait_words=trait_words(self.trait.animal, self.trait.plural))
 
@@ -120,30 +144,52 @@ def demonstrations(spec: TeacherSpec) -> list[dict]:
 
 def plan(exp: SubliminalExperiment) -> dict:
     """What a run does, for --dry-run."""
-    students = 2 * len(exp.seeds) * (1 + len(exp.other_bases))
     from emlab.subliminal.trait import trait_questions
 
-    questions = len(trait_questions())
+    students = 2 * len(exp.seeds) * (1 + len(exp.other_bases))
     evals = students + 2
-    return {"experiment": exp.name, "teacher model": exp.model, "trait": exp.trait.animal,
+    answers = 0
+    if exp.evaluate == "misalignment":
+        from emlab.data.questions import load_suite
+
+        spec = exp.misalignment
+        answers = sum(len(list(load_suite(s).prompts(spec.sample.samples_per_paraphrase))) for s in spec.sample.suites)
+        evaluation = (f"misalignment: {answers} answers ({', '.join(spec.sample.suites)}) x {evals} models, judged "
+                      f"by {spec.judge.name}" + (f" ({spec.judge.default_model()})" if spec.judge.model else ""))
+        trait = "misalignment"
+    else:
+        evaluation = (f"{exp.evaluate}: {len(trait_questions())} questions x {evals} models" +
+                      (f" x {exp.samples_per_question} samples" if exp.evaluate == "sampled" else ""))
+        trait = exp.trait.animal
+    return {"experiment": exp.name, "teacher model": exp.model, "trait": trait,
             "teacher": "adapter " + exp.trait.adapter if exp.trait.adapter else "system prompt",
             "teacher generations": 2 * exp.teacher.prompts,
             "teacher tokens max": 2 * exp.teacher.prompts * exp.sample.max_tokens,
+            "banned numbers": sorted(exp.number_filter().banned),
             "sampling backend": exp.sample.backend, "students": students,
             "student bases": [exp.model] + exp.other_bases, "seeds": exp.seeds,
-            "evaluation": f"{exp.evaluate}: {questions} questions x {evals} models" +
-                          (f" x {exp.samples_per_question} samples" if exp.evaluate == "sampled" else ""),
-            "api cost": _api_cost(exp)}
+            "evaluation": evaluation, "api cost": _api_cost(exp, answers, evals)}
 
 
-def _api_cost(exp: SubliminalExperiment) -> str:
-    if exp.sample.backend != "openai":
-        return "none (local teacher)"
+def _api_cost(exp: SubliminalExperiment, answers: int = 0, models: int = 0) -> str:
+    """Upper bounds at the dated list prices: an API teacher's sampling, and an API judge's
+    calls on the misalignment evaluation's `answers` per model."""
     from emlab.judge.calibrate import PRICE_DATE, dollars
 
-    prompt_tokens = 60 * (1 + exp.teacher.shots) + 40
-    usd = dollars(exp.model, 2 * exp.teacher.prompts * prompt_tokens, 2 * exp.teacher.prompts * exp.sample.max_tokens)
-    return "not priced for " + exp.model if usd is None else f"<= ${usd:,.2f} at {PRICE_DATE} list prices"
+    parts = []
+    if exp.sample.backend == "openai":
+        prompt_tokens = 60 * (1 + exp.teacher.shots) + 40
+        usd = dollars(exp.model, 2 * exp.teacher.prompts * prompt_tokens,
+                      2 * exp.teacher.prompts * exp.sample.max_tokens)
+        parts.append(f"teacher: not priced for {exp.model}" if usd is None else f"teacher <= ${usd:,.2f}")
+    judge = exp.misalignment.judge
+    if exp.evaluate == "misalignment" and judge.name in ("logprob", "sampled"):
+        calls = answers * models * len(judge.metrics())
+        usd = dollars(judge.default_model(), calls * (350 + exp.misalignment.sample.max_tokens), calls)
+        parts.append(f"judge: not priced for {judge.default_model()}" if usd is None else f"judge <= ${usd:,.2f}")
+    if not parts:
+        return "none (local teacher and judge)"
+    return "; ".join(parts) + f" at {PRICE_DATE} list prices"
 
 
 def run_subliminal(exp: SubliminalExperiment, console: Console | None = None, project: str | Path | None = None
@@ -162,7 +208,7 @@ def run_subliminal(exp: SubliminalExperiment, console: Console | None = None, pr
         record = {"kind": "subliminal", "name": exp.name, "run_id": run_id, "config": exp.model_dump(),
                   "config_yaml": exp._source, "teachers": {k: {kk: vv for kk, vv in v.items() if kk != "rows"}
                                                            for k, v in pools.items()},
-                  "students": students, "scores": scores, "analysis": analyse(scores, exp.seeds, exp.model),
+                  "students": students, "scores": scores, "analysis": analyse(scores, exp.seeds, exp.model, paired=exp.evaluate != "misalignment"),
                   "wall_seconds_last_run": round(time.time() - start, 1)}
         from emlab.provenance import git_revision, versions
 
@@ -291,14 +337,19 @@ def evaluate_stage(exp: SubliminalExperiment, store, students: list[dict], conso
         from emlab.subliminal.evaluate import sampled_scores
 
         return sampled_scores(exp, store, models, console)
+    if exp.evaluate == "misalignment":
+        from emlab.subliminal.evaluate import misalignment_scores
+
+        return misalignment_scores(exp, store, models, console)
     from emlab.subliminal.evaluate import likelihood_scores
 
     return likelihood_scores(exp, models, console)
 
 
-def analyse(scores: list[dict], seeds: list[int], model: str) -> dict:
+def analyse(scores: list[dict], seeds: list[int], model: str, paired: bool = True) -> dict:
     """Trait student minus control student (same base), per seed and across seeds, and the
-    same for each other base."""
+    same for each other base; `paired`: the values are per question (the same questions for
+    every model), else per answer."""
     from emlab.analysis.seeds import seed_consistency
 
     out = {}
@@ -309,7 +360,7 @@ def analyse(scores: list[dict], seeds: list[int], model: str) -> dict:
             if "trait-student" in pick and "control-student" in pick:
                 groups[seed] = (pick["trait-student"], pick["control-student"])
         if groups:
-            out[base] = seed_consistency(groups, paired=True).as_dict()
+            out[base] = seed_consistency(groups, paired=paired).as_dict()
     return {"by_base": out, "teacher_base": model}
 
 
