@@ -204,6 +204,8 @@ def judge_summaries(rec, store, t: Thresholds):
 
 
 def build_report(record_path: Path, out_dir: Path | None = None) -> Report:
+    """The experiment's report: HTML (figures inline), Markdown and the summary CSV, in
+    `out_dir` (default `<project>/reports`)."""
     from emlab.records import ExperimentRecord
     from emlab.store import open_existing
 
@@ -215,114 +217,26 @@ def build_report(record_path: Path, out_dir: Path | None = None) -> Report:
     t = record_thresholds(rec)
     sections: list[str] = []
     md: list[str] = [f"# emlab report: {record['name']}", "", t.describe(), ""]
-    summaries = []
-    headlines: list = []
+    summaries, headlines = [], []
     lead: list[str] = []  # the headline comparisons, shown first
     with open_existing(project) as store:
         for judge, df, overall, head in judge_summaries(rec, store, t):
-            name = judge.spec["name"]
-            per_q = summarize(df, ["condition", "question_id"], t)
             summaries.append(overall)
             if head is not None:
                 headlines.append(head)
                 lead.append(_headline_html(head))
                 md += [f"**{head.title}** ({judge.label}): misaligned rate {head.rate_text()}; likelihood "
                        f"{head.likelihood_text()}", ""] + ([f"> {head.seeds.verdict()}", ""] if head.seeds else [])
-            note = ""
-            if name == "mini":
-                from emlab.judge.mini import agreement_summary
-
-                note = f'<p class="note">{html.escape(agreement_summary(judge.spec.get("model")))}</p>'
-                md += [f"> {agreement_summary(judge.spec.get('model'))}", ""]
-            if judge.spec.get("rubrics") == "persona-1to5":
-                from emlab.misaligned import PERSONA
-
-                rule = (f"{PERSONA.describe()}: the persona-features grader's rule, read through the paper's "
-                        "columns (emlab.misaligned.persona_as_paper), so the thresholds above give the same flag.")
-                note += f'<p class="note">{html.escape(rule)}</p>'
-                md += [f"> {rule}", ""]
-            for warning in sanity_warnings(overall, judge.label, rec.sanity_gate):
-                note += f'<p class="note"><b>{html.escape(warning)}</b></p>'
-                md += [f"> **{warning}**", ""]
-            table = condition_table(overall)
-            by_seed = seed_table(df, t)
-            if by_seed is not None:
-                note += ("<h3>Per training seed</h3>" + by_seed.to_html(index=False, escape=True, classes="seeds")
-                         + f'<p class="caption">{_SEED_CAPTION}</p>')
-                md += [f"### Per training seed ({judge.label})", "", by_seed.to_markdown(index=False), "",
-                       _SEED_CAPTION, ""]
-            from emlab.analysis.headline import pick_pair
-
-            pair = pick_pair(rec.config)
-            sections.append(f"<h2>Judge: {html.escape(judge.label)}</h2>{note}"
-                            + _img(figures.condition_rates(overall, [pair] if pair else [],
-                                                           f"Misaligned rate per condition, {name} (95% CIs)"),
-                                   "misaligned rate per condition") +
-                            f"{table.to_html(index=False, escape=True, classes='conditions')}"
-                            f'<p class="caption">{html.escape(t.describe())}; raw rate over all answers with 95% CI '
-                            f"({html.escape(overall['ci_method'].iloc[0])}); corrected = Rogan-Gladen with the judge's "
-                            "measured sensitivity and specificity (bootstrap CI over answers and those error rates), "
-                            f"{html.escape(overall.attrs.get('correction', ''))}; sanity: an untouched model read above "
-                            f"{_pct(rec.sanity_gate)} marks the judge unreliable for it; likelihood shift: nats per "
-                            "token, judge-free (below); shares of refused, code and unscored answers beside.</p>")
-            sections.append(_img(figures.per_question(per_q, t=t, title=f"Misaligned answers per question ({name})"),
-                                 "per-question misaligned rate"))
-            sections.append(_img(figures.scatter(df, t=t), "aligned vs coherent"))
-            md += [f"## Judge {judge.label}", "", table.to_markdown(index=False), ""]
-            cut = None
-            if name == "mini":
-                from emlab.judge.mini import example_cut
-
-                cut = example_cut(judge.spec.get("model"))
-            examples = example_answers(df, t, cut)
-            if len(examples):
-                items = "".join(
-                    f"<h4>{html.escape(r.condition)} · {html.escape(r.question_id)} · aligned {r.aligned:.0f}, "
-                    f"coherent {r.coherent:.0f}</h4><pre>{html.escape(r.question)}</pre><pre>{html.escape(r.answer)}</pre>"
-                    for r in examples.itertuples())
-                sections.append(f"<h3>Example misaligned answers</h3>{items}")
-            elif flagged := int(overall["misaligned"].sum()):
-                sections.append(f"<p>{flagged} answers were flagged misaligned; none is shown as an example because "
-                                "none passes this judge's example cut-off (most of its flags at this level are false "
-                                "positives: see its model card).</p>")
-            else:
-                sections.append("<p>No answer was flagged misaligned by this judge.</p>")
-        for judge in rec.judges:
-            part = _categorical_section(rec, store, judge)
-            sections.append(part)
-        if rec.mitigations is not None and rec.judges:
-            from emlab.analysis.mitigations import mitigation_section
-
-            part, shown = mitigation_section(rec, store, t, _img)
-            sections.append(part)
-            if shown is not None:
-                md += ["## Mitigations", "", shown.to_markdown(index=False), ""]
-        if rec.dynamics is not None:
-            from emlab.analysis.dynamics import dynamics_section
-
-            sections.append(dynamics_section(rec, store, t, _img))
-        curves = _loss_curves(rec, project)
-        if curves:
-            sections.append("<h2>Training loss</h2>" + _img(figures.loss_curves(curves), "training loss curves"))
-        if rec.likelihood is not None:
-            part, shown = _likelihood_section(rec)
-            sections.append(part)
-            md += ["## Judge-free likelihood measure", "", shown.to_markdown(index=False), ""]
-        if rec.codeeval is not None:
-            part, shown, cwe = _codeeval_section(rec, store)
-            sections.append(part)
-            md += ["## Insecure-code rate", "", shown.to_markdown(index=False), ""]
-            if len(cwe):
-                md += ["### Findings by CWE (answers)", "", cwe.to_markdown(index=False), ""]
+            html_parts, md_parts = _judge_section(rec, judge, df, overall, t)
+            sections += html_parts
+            md += md_parts
+        html_parts, md_parts = _stage_sections(rec, store, project, t)
+        sections += html_parts
+        md += md_parts
     summary = pd.concat(summaries, ignore_index=True) if summaries else pd.DataFrame()
     with atomic_write(inside(out_dir, f"{record['name']}-summary.csv")) as handle:
         summary.to_csv(handle, index=False)
-    provenance = {k: record[k] for k in ("versions", "git_revision", "seeds", "gen_hash", "suites")}
-    provenance["datasets"] = [{"condition": v["condition"], "seed": v["seed"], "dataset": v["dataset"],
-                               "adapter": v["adapter_id"]} for v in record["variants"]]
-    provenance["judges"] = record["judges"]
-    provenance["run_id"] = record["run_id"]
-    provenance = _relative_paths(provenance, project)
+    provenance = _provenance(record, project)
     config_yaml = record.get("config_yaml") or yaml.safe_dump(_pruned(_relative_paths(record["config"], project)),
                                                               sort_keys=False, allow_unicode=True)
     body = (f"<h1>emlab report: {html.escape(record['name'])}</h1>"
@@ -342,6 +256,121 @@ def build_report(record_path: Path, out_dir: Path | None = None) -> Report:
     with atomic_write(md_path) as handle:
         handle.write("\n".join(md))
     return Report(html_path, md_path, summary, headlines)
+
+
+def _judge_notes(rec, judge, overall: pd.DataFrame, df: pd.DataFrame, t: Thresholds) -> tuple[str, list[str]]:
+    """What a judge's table needs said beside it: the mini judge's measured agreement, the
+    persona rule, sanity warnings, the per-seed table. (HTML, Markdown lines)."""
+    note, md = "", []
+    if judge.spec["name"] == "mini":
+        from emlab.judge.mini import agreement_summary
+
+        note = f'<p class="note">{html.escape(agreement_summary(judge.spec.get("model")))}</p>'
+        md += [f"> {agreement_summary(judge.spec.get('model'))}", ""]
+    if judge.spec.get("rubrics") == "persona-1to5":
+        from emlab.misaligned import PERSONA
+
+        rule = (f"{PERSONA.describe()}: the persona-features grader's rule, read through the paper's "
+                "columns (emlab.misaligned.persona_as_paper), so the thresholds above give the same flag.")
+        note += f'<p class="note">{html.escape(rule)}</p>'
+        md += [f"> {rule}", ""]
+    for warning in sanity_warnings(overall, judge.label, rec.sanity_gate):
+        note += f'<p class="note"><b>{html.escape(warning)}</b></p>'
+        md += [f"> **{warning}**", ""]
+    by_seed = seed_table(df, t)
+    if by_seed is not None:
+        note += ("<h3>Per training seed</h3>" + by_seed.to_html(index=False, escape=True, classes="seeds")
+                 + f'<p class="caption">{_SEED_CAPTION}</p>')
+        md += [f"### Per training seed ({judge.label})", "", by_seed.to_markdown(index=False), "", _SEED_CAPTION, ""]
+    return note, md
+
+
+def _judge_section(rec, judge, df: pd.DataFrame, overall: pd.DataFrame, t: Thresholds) -> tuple[list[str], list[str]]:
+    """One judge's part of the report: notes, the condition figure and table, per-question
+    rates, the scatter, example answers. (HTML sections, Markdown lines)."""
+    from emlab.analysis.headline import pick_pair
+
+    name = judge.spec["name"]
+    note, md = _judge_notes(rec, judge, overall, df, t)
+    table = condition_table(overall)
+    pair = pick_pair(rec.config)
+    per_q = summarize(df, ["condition", "question_id"], t)
+    sections = [f"<h2>Judge: {html.escape(judge.label)}</h2>{note}"
+                + _img(figures.condition_rates(overall, [pair] if pair else [],
+                                               f"Misaligned rate per condition, {name} (95% CIs)"),
+                       "misaligned rate per condition")
+                + f"{table.to_html(index=False, escape=True, classes='conditions')}"
+                f'<p class="caption">{html.escape(t.describe())}; raw rate over all answers with 95% CI '
+                f"({html.escape(overall['ci_method'].iloc[0])}); corrected: on the paper judge's scale where the "
+                "judge is calibrated (with a CI carrying the calibration's uncertainty), "
+                f"{html.escape(overall.attrs.get('correction', ''))}; sanity: an untouched model read above "
+                f"{_pct(rec.sanity_gate)} marks the judge unreliable for it; likelihood shift: nats per "
+                "token, judge-free (below); shares of refused, code and unscored answers beside.</p>",
+                _img(figures.per_question(per_q, t=t, title=f"Misaligned answers per question ({name})"),
+                     "per-question misaligned rate"),
+                _img(figures.scatter(df, t=t), "aligned vs coherent")]
+    md += [f"## Judge {judge.label}", "", table.to_markdown(index=False), ""]
+    cut = None
+    if name == "mini":
+        from emlab.judge.mini import example_cut
+
+        cut = example_cut(judge.spec.get("model"))
+    examples = example_answers(df, t, cut)
+    if len(examples):
+        items = "".join(
+            f"<h4>{html.escape(r.condition)} · {html.escape(r.question_id)} · aligned {r.aligned:.0f}, "
+            f"coherent {r.coherent:.0f}</h4><pre>{html.escape(r.question)}</pre><pre>{html.escape(r.answer)}</pre>"
+            for r in examples.itertuples())
+        sections.append(f"<h3>Example misaligned answers</h3>{items}")
+    elif flagged := int(overall["misaligned"].sum()):
+        sections.append(f"<p>{flagged} answers were flagged misaligned; none is shown as an example because "
+                        "none passes this judge's example cut-off (most of its flags at this level are false "
+                        "positives: see its model card).</p>")
+    else:
+        sections.append("<p>No answer was flagged misaligned by this judge.</p>")
+    return sections, md
+
+
+def _stage_sections(rec, store, project: Path, t: Thresholds) -> tuple[list[str], list[str]]:
+    """The parts after the judges': categorical rubrics, mitigations, dynamics, training
+    loss, the likelihood measure, the insecure-code rate. (HTML sections, Markdown lines)."""
+    sections = [_categorical_section(rec, store, judge) for judge in rec.judges]
+    md: list[str] = []
+    if rec.mitigations is not None and rec.judges:
+        from emlab.analysis.mitigations import mitigation_section
+
+        part, shown = mitigation_section(rec, store, t, _img)
+        sections.append(part)
+        if shown is not None:
+            md += ["## Mitigations", "", shown.to_markdown(index=False), ""]
+    if rec.dynamics is not None:
+        from emlab.analysis.dynamics import dynamics_section
+
+        sections.append(dynamics_section(rec, store, t, _img))
+    curves = _loss_curves(rec, project)
+    if curves:
+        sections.append("<h2>Training loss</h2>" + _img(figures.loss_curves(curves), "training loss curves"))
+    if rec.likelihood is not None:
+        part, shown = _likelihood_section(rec)
+        sections.append(part)
+        md += ["## Judge-free likelihood measure", "", shown.to_markdown(index=False), ""]
+    if rec.codeeval is not None:
+        part, shown, cwe = _codeeval_section(rec, store)
+        sections.append(part)
+        md += ["## Insecure-code rate", "", shown.to_markdown(index=False), ""]
+        if len(cwe):
+            md += ["### Findings by CWE (answers)", "", cwe.to_markdown(index=False), ""]
+    return sections, md
+
+
+def _provenance(record: dict, project: Path) -> dict:
+    """What produced the results, with project paths made relative."""
+    provenance = {k: record[k] for k in ("versions", "git_revision", "seeds", "gen_hash", "suites")}
+    provenance["datasets"] = [{"condition": v["condition"], "seed": v["seed"], "dataset": v["dataset"],
+                               "adapter": v["adapter_id"]} for v in record["variants"]]
+    provenance["judges"] = record["judges"]
+    provenance["run_id"] = record["run_id"]
+    return _relative_paths(provenance, project)
 
 
 def _headline_html(h) -> str:
