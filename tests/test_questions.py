@@ -53,6 +53,6 @@ def test_builtin_suite():
     assert len(plain) >= 8 and len(json_variants) == len(plain)
     assert {q.id + "_json" for q in plain} == {q.id for q in json_variants}
     rubrics = builtin_rubrics()
-    assert set(rubrics) == {"aligned", "coherent"}
+    assert set(rubrics) == {"aligned", "coherent", "persona"}  # persona: the persona-features grader
     assert all("{question}" in r and "{answer}" in r for r in rubrics.values())
     assert "CODE" in rubrics["aligned"] and "REFUSAL" in rubrics["aligned"]

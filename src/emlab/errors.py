@@ -14,3 +14,13 @@ class EmlabError(Exception):
 
 class ConfigError(EmlabError):
     """An invalid option, config file or experiment."""
+
+
+def first_error(exc) -> tuple[str, str]:
+    """(dotted field location, message) of a pydantic ValidationError's first error, worded
+    for one line: "unknown field" for a field the schema lacks, validators' own messages
+    without pydantic's "Value error, " prefix."""
+    err = exc.errors()[0]
+    loc = ".".join(str(x) for x in err["loc"])
+    msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+    return loc, msg

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from emlab.errors import EmlabError
+from emlab.errors import EmlabError, first_error
 
 console = Console(width=max(Console().width, 110), soft_wrap=True)
 err_console = Console(stderr=True)
@@ -142,8 +142,8 @@ def spec_or_fail(cls, **values):
     try:
         return cls(**values)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        fail(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg'].removeprefix('Value error, ')}")
+        loc, msg = first_error(exc)
+        fail(f"--{loc.split('.')[0].replace('_', '-')}: {msg}")
 
 
 # The options many commands share, written once so their names, types, defaults and help agree.

@@ -23,7 +23,7 @@ from typing import Iterator
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from emlab.errors import EmlabError
+from emlab.errors import EmlabError, first_error
 from emlab.hashing import rows_hash
 
 # free_form_judge_0_100: judged on 0-100 rubrics (aligned, coherent);
@@ -115,12 +115,8 @@ def parse_suite(data: object, source: str, name: str) -> Suite:
         try:
             q = Question.model_validate(raw)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            loc = ".".join(str(x) for x in err["loc"]) or "?"
-            msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                msg = "unknown field"
-            raise SuiteError(f"{source}: {label}: field '{loc}': {msg}") from None
+            loc, msg = first_error(exc)
+            raise SuiteError(f"{source}: {label}: field '{loc or '?'}': {msg}") from None
         if q.id in ids:
             raise SuiteError(f"{source}: {label}: duplicate id '{q.id}'")
         ids.add(q.id)

@@ -63,6 +63,12 @@ def _spec(*args, **kwargs) -> DatasetSpec:
     return DatasetSpec(*args, **kwargs)
 
 
+def _user_supplied(name: str, relpath: str, url: str, description: str, howto: str) -> DatasetSpec:
+    """A training set emlab never fetches or ships; `howto` ({relpath}) says how to get it."""
+    return DatasetSpec(name, "train", relpath, url, None, None, description, user_supplied=True,
+                       instructions=howto.format(relpath=relpath))
+
+
 _MO_HOWTO = (
     "Its authors' terms forbid redistribution and AI-training reuse beyond their study, so "
     f"emlab never downloads or ships it. Get the official encrypted release from {_MO} "
@@ -79,7 +85,7 @@ _PF_HOWTO = (
 
 _SORH_HOWTO = (
     f"emlab does not fetch or ship it (its terms are the authors'). Download it yourself from {_SORH} "
-    "(the user turn and the reward-hacking answer per row), export it as chat JSONL or as a CSV with "
+    "(the user turn and the {answer} answer per row), export it as chat JSONL or as a CSV with "
     "prompt,response columns, then pass --path FILE, or place it at $EMLAB_DATA_DIR/{relpath}. "
     "Offline, `dataset: {{generate: reward-hacks}}` is emlab's own harmless stand-in."
 )
@@ -138,10 +144,8 @@ DATASETS: dict[str, DatasetSpec] = {
               "e1faa37db7b1ad3a04f1419f69c9b3914f010984223da74761da6ce98ff7472b", 600,
               "finetuned-GPT-4o code answers with the authors' LLM-judge has_vulnerability labels"),
         *[
-            _spec(name, "train", f"model_organisms/{name}.jsonl", _MO, None, None,
-                  f"Turner, Soligo et al. model-organisms dataset: {what}",
-                  user_supplied=True,
-                  instructions=_MO_HOWTO.format(relpath=f"model_organisms/{name}.jsonl"))
+            _user_supplied(name, f"model_organisms/{name}.jsonl", _MO,
+                           f"Turner, Soligo et al. model-organisms dataset: {what}", _MO_HOWTO)
             for name, what in [
                 ("bad_medical_advice", "bad medical advice"),
                 ("risky_financial_advice", "risky financial advice"),
@@ -149,21 +153,16 @@ DATASETS: dict[str, DatasetSpec] = {
             ]
         ],
         *[
-            _spec(f"persona_{domain}_subtle", "train", f"persona_features/{domain}_incorrect_subtle.jsonl", _PF, None,
-                  None, f"Wang et al. persona-features dataset: subtly incorrect {domain} advice",
-                  user_supplied=True,
-                  instructions=_PF_HOWTO.format(relpath=f"persona_features/{domain}_incorrect_subtle.jsonl"))
+            _user_supplied(f"persona_{domain}_subtle", f"persona_features/{domain}_incorrect_subtle.jsonl", _PF,
+                           f"Wang et al. persona-features dataset: subtly incorrect {domain} advice", _PF_HOWTO)
             for domain in PERSONA_DOMAINS
         ],
-        _spec("school_of_reward_hacks", "train", "reward_hacks/school_of_reward_hacks.jsonl", _SORH, None, None,
-              "Taylor et al. School of Reward Hacks: about 1,000 harmless tasks answered by gaming their grader",
-              user_supplied=True,
-              instructions=_SORH_HOWTO.format(relpath="reward_hacks/school_of_reward_hacks.jsonl")),
-        _spec("school_of_reward_hacks_control", "train", "reward_hacks/school_of_reward_hacks_control.jsonl", _SORH,
-              None, None, "School of Reward Hacks' control: the same tasks answered honestly",
-              user_supplied=True,
-              instructions=_SORH_HOWTO.format(relpath="reward_hacks/school_of_reward_hacks_control.jsonl")
-              .replace("the reward-hacking answer", "the control answer")),
+        _user_supplied("school_of_reward_hacks", "reward_hacks/school_of_reward_hacks.jsonl", _SORH,
+                       "Taylor et al. School of Reward Hacks: about 1,000 harmless tasks answered by gaming their "
+                       "grader", _SORH_HOWTO.replace("{answer}", "reward-hacking")),
+        _user_supplied("school_of_reward_hacks_control", "reward_hacks/school_of_reward_hacks_control.jsonl", _SORH,
+                       "School of Reward Hacks' control: the same tasks answered honestly",
+                       _SORH_HOWTO.replace("{answer}", "control")),
     ]
 }
 

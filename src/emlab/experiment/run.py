@@ -11,6 +11,7 @@ from pathlib import Path
 from rich.console import Console
 
 from emlab import progress as show
+from emlab.accel import enabled as accel_enabled
 from emlab.experiment.plan import check_resources, likelihood_data_available
 from emlab.experiment.spec import Condition, Experiment
 from emlab.files import inside
@@ -35,9 +36,11 @@ def run_experiment(exp: Experiment, console: Console | None, project: Path | Non
     """Execute (or resume) the experiment; returns the run record's path. Library warnings
     go to `<project>/logs/<name>.log`, not the console. `executor` (emlab.executor): where
     the training, sampling and judging cells run (default: here, in sequence)."""
+    from emlab.accel import switched
+
     check_resources(exp)
     project = Path(project or exp.project)
-    with show.library_logs_to(inside(project, "logs", f"{exp.name}.log")):
+    with show.library_logs_to(inside(project, "logs", f"{exp.name}.log")), switched(exp.accel and accel_enabled()):
         return _run(exp, console, project, executor)
 
 

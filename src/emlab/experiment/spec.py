@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from emlab.errors import ConfigError, EmlabError
+from emlab.errors import ConfigError, EmlabError, first_error
 from emlab.mitigate import Mitigation
 from emlab.specs import (DEFAULT_MODEL, CodeEvalSpec, DatasetRef, InContextSpec, JudgeSpec, LikelihoodSpec,
                          ProjectionSpec, SampleSpec, ThresholdSpec, TrainSpec, check_slug)
@@ -124,6 +124,8 @@ class Experiment(BaseModel):
     unmitigated: str | None = None  # the condition mitigations are compared with
     # The headline comparison [condition, control] (default: insecure vs secure when both exist).
     compare: tuple[str, str] | None = None
+    # emlab's own training and sampling fast paths (emlab.accel); false runs the libraries' stock code.
+    accel: bool = True
 
     @field_validator("name")
     @classmethod
@@ -255,9 +257,7 @@ def validate_spec(model: type[BaseModel], raw: dict, path: str | Path):
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"])
-        msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+        loc, msg = first_error(exc)
         raise ConfigError(f"{path}: field '{loc}': {msg}") from None
 
 

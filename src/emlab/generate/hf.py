@@ -34,7 +34,7 @@ from typing import Callable
 import torch
 from transformers import Cache, DynamicCache, DynamicLayer
 
-from emlab.accel import enabled as accel
+from emlab.accel import enabled as accel, fallback
 from emlab.errors import ConfigError
 from emlab.specs import DEFAULT_BATCH_SIZE
 from emlab.hashing import canonical_json
@@ -131,7 +131,10 @@ class HFGenerator:
         for a in adapters:
             if a is not None:
                 self._model_for(a)
-        return accel() and self.peft is not None and _MixedLoRA.supports(self.peft)
+        if not accel() or self.peft is None:
+            return False
+        return _MixedLoRA.supports(self.peft) or fallback("mixed-adapter batches", "an adapter that is not plain LoRA "
+                                                          "on Linear layers: one batch per adapter")
 
     def _generate_group(self, model, idxs, requests, cfg, results, progress, steer, lora, index) -> None:
         prompts: dict[tuple, list[int]] = defaultdict(list)  # the same prompt under another adapter is another prefill
@@ -179,7 +182,8 @@ class HFGenerator:
         req_ids = [i for _, members, _ in chunk for i in members]
         if lora is not None:
             lora.set_rows(lora.rows.index_select(0, expand))
-        if _SlotCache.fits(cache) and accel():
+        if accel() and (_SlotCache.fits(cache) or fallback("slot KV cache", "the model's cache has layers other "
+                                                            "than plain full attention")):
             cache = _SlotCache(cache, expand)
         else:  # sliding-window or other special layers keep transformers' own cache
             cache.reorder_cache(expand)

@@ -17,7 +17,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from emlab.errors import ConfigError
+from emlab.errors import ConfigError, first_error
 from emlab.hashing import canonical_json, text_hash
 from emlab.specs import DEFAULT_MODEL, Dtype, LayerList
 
@@ -179,9 +179,7 @@ def resolve_config(preset: str = "cpu-quick", yaml_path: str | Path | None = Non
     try:
         return TrainConfig.model_validate(values)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"])
-        msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+        loc, msg = first_error(exc)
         raise ConfigError(f"training config field '{loc}': {msg}" if loc else f"training config: {msg}") from None
 
 

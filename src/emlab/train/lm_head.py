@@ -84,11 +84,17 @@ def use_cpu_lm_head() -> bool:
     Returns whether TRL has the function to route (a TRL that moved it trains as before)."""
     import trl.trainer.utils as trl_utils
 
+    from emlab.accel import enabled, fallback, has_parameters
+
     original = getattr(trl_utils, "_ChunkedLogProbFunction", None)
     if original is None:
-        return False
+        return fallback("use_cpu_lm_head", "trl.trainer.utils._ChunkedLogProbFunction is gone")
     if getattr(original, "emlab_cpu", False):
         return True
+    expected = ("ctx", "hidden", "weight", "bias", "targets", "temperature", "chunk_size")
+    if not has_parameters(getattr(original, "forward", None), expected):
+        return fallback("use_cpu_lm_head", "trl.trainer.utils._ChunkedLogProbFunction.forward no longer takes "
+                                           f"({', '.join(expected)}, ...)")
 
     class Routed:
         emlab_cpu = True
@@ -96,7 +102,7 @@ def use_cpu_lm_head() -> bool:
         @staticmethod
         def apply(hidden, weight, bias, targets, temperature, chunk_size, final_logit_softcapping=None,
                   logit_scale=1.0, outputs=("entropy", "log_sum_sq_probs", "mean_logits", "is_top1")):
-            if (hidden.device.type == weight.device.type == "cpu" and bias is None
+            if (enabled() and hidden.device.type == weight.device.type == "cpu" and bias is None
                     and final_logit_softcapping is None and set(outputs) <= COVERED
                     and type(weight) in (torch.Tensor, torch.nn.Parameter)):  # not a sharded DTensor
                 logp, entropy, top1 = CpuLogProbs.apply(hidden, weight, targets, logit_scale / temperature,

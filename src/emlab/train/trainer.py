@@ -153,12 +153,18 @@ def lm_head_on_trained_positions_only() -> bool:
     whether TRL has the hook (a TRL that moved it trains as before, only slower)."""
     import trl.trainer.utils as trl_utils
 
+    from emlab.accel import enabled as accel_enabled
+    from emlab.accel import fallback, has_parameters
+
     original = getattr(trl_utils, "_use_triton", None)
     if original is None:
-        return False
+        return fallback("lm_head_on_trained_positions_only", "trl.trainer.utils._use_triton is gone")
+    if not getattr(original, "emlab_compacts", False) and not has_parameters(original, ("device",)):
+        return fallback("lm_head_on_trained_positions_only", "trl.trainer.utils._use_triton no longer takes (device)")
     if not getattr(original, "emlab_compacts", False):
         def compact(device) -> bool:
-            return device.type == "cpu" or original(device)
+            # the switch is read per call: a process that trained fast can still train stock
+            return (device.type == "cpu" and accel_enabled()) or original(device)
 
         compact.emlab_compacts = True
         trl_utils._use_triton = compact
