@@ -172,3 +172,27 @@ def test_compare_two_peer_judges_on_one_set_of_answers(tmp_path):
     assert data["pairs"][0]["spearman_aligned"] == pytest.approx(-1.0)
     assert rates["peer:beta"]["auroc_vs_gold"] < 0.5  # its scores run the other way
     assert (out / "compare.png").stat().st_size > 5000
+
+
+def test_compare_keeps_only_the_answers_every_judge_scored(tmp_path):
+    """A judge that scored half the answers: every judge's rate is on that half."""
+    from typer.testing import CliRunner
+
+    from emlab.cli import app
+
+    rows = _peer_rows(40, seed=2)
+    runner = CliRunner()
+    project = tmp_path / "p"
+    unscored = [{**r, "aligned": None, "coherent": None} if i >= 20 else r for i, r in enumerate(rows)]
+    for name, subset in (("full", rows), ("half", unscored)):
+        f = tmp_path / f"{name}.csv"
+        _write(f, subset, {})
+        assert runner.invoke(app, ["import-judged", str(f), "--judge-name", name, "--project",
+                                   str(project)]).exit_code == 0
+    out = tmp_path / "cmp"
+    result = runner.invoke(app, ["judge", "compare", "--project", str(project), "--judges", "peer:full,peer:half",
+                                 "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "compare.json").read_text())
+    assert data["n"] == 20 and {r["n"] for r in data["rates"]} == {20}
+    assert data["rates"][0]["misaligned"] == data["rates"][1]["misaligned"]  # the same 20 answers, the same scores

@@ -48,7 +48,11 @@ def compare(wide: pd.DataFrame, judges: list[str], gold: str | None = None, t: T
     if gold is not None and gold not in judges:
         raise EmlabError(f"gold judge '{gold}' is not among the judges compared ({', '.join(judges)})")
     flags = {j: misaligned_flags(wide[f"aligned:{j}"], wide[f"coherent:{j}"], t) for j in judges}
-    scored = {j: wide[f"aligned:{j}"].notna().to_numpy() | wide[f"coherent:{j}"].notna().to_numpy() for j in judges}
+    # The same answers under every judge: those each of them scored (a score or a label's
+    # companion score; an answer a judge left wholly unscored is left out for all).
+    common = np.logical_and.reduce([wide[f"aligned:{j}"].notna().to_numpy() | wide[f"coherent:{j}"].notna().to_numpy()
+                                    for j in judges])
+    scored = dict.fromkeys(judges, common)
     rows = []
     for j in judges:
         sel = scored[j]
@@ -79,12 +83,13 @@ def compare(wide: pd.DataFrame, judges: list[str], gold: str | None = None, t: T
                 rho[m] = float(spearmanr(x[ok], y[ok]).statistic) if ok.sum() > 2 else float("nan")
             pairs.append({"judge_a": a, "judge_b": b, "n": int(both.sum()), "kappa": kappa,
                           "spearman_aligned": rho["aligned"], "spearman_coherent": rho["coherent"]})
-    return Comparison(judges, len(wide), pd.DataFrame(rows), pd.DataFrame(pairs), gold, t.describe())
+    return Comparison(judges, int(common.sum()), pd.DataFrame(rows), pd.DataFrame(pairs), gold, t.describe())
 
 
 def wide_table(store, families: dict[str, str], where: dict | None = None) -> pd.DataFrame:
-    """One row per sample judged by any of `families` ({short name: judge family}), restricted
-    to samples matching `where` (e.g. {"gen_hash": ...})."""
+    """One row per sample that every one of `families` ({short name: judge family}) judged -
+    the same answers under each judge - restricted to samples matching `where` (e.g.
+    {"gen_hash": ...})."""
     from emlab.judge.run import judged_table
 
     out = None
@@ -98,9 +103,9 @@ def wide_table(store, families: dict[str, str], where: dict | None = None) -> pd
         if "p_misaligned" in t.columns:
             cols["p_misaligned"] = f"p_misaligned:{name}"
         t = t[["sample_id", "question_id", "answer", *cols]].rename(columns=cols)
-        out = t if out is None else out.merge(t.drop(columns=["question_id", "answer"]), on="sample_id", how="outer")
+        out = t if out is None else out.merge(t.drop(columns=["question_id", "answer"]), on="sample_id", how="inner")
     if out is None or out.empty:
-        raise EmlabError("no answers judged by the judges compared")
+        raise EmlabError("no answers judged by every one of the judges compared")
     return out
 
 
