@@ -175,24 +175,34 @@ def test_compare_two_peer_judges_on_one_set_of_answers(tmp_path):
 
 
 def test_compare_keeps_only_the_answers_every_judge_scored(tmp_path):
-    """A judge that scored half the answers: every judge's rate is on that half."""
+    """A judge that judged half the answers (an interrupted run): every judge's rate is on
+    that half."""
     from typer.testing import CliRunner
 
     from emlab.cli import app
+    from emlab.judge.base import JudgeIdentity, Rubric
+    from emlab.store import Store
 
     rows = _peer_rows(40, seed=2)
+    f = tmp_path / "full.csv"
+    _write(f, rows, {})
     runner = CliRunner()
     project = tmp_path / "p"
-    unscored = [{**r, "aligned": None, "coherent": None} if i >= 20 else r for i, r in enumerate(rows)]
-    for name, subset in (("full", rows), ("half", unscored)):
-        f = tmp_path / f"{name}.csv"
-        _write(f, subset, {})
-        assert runner.invoke(app, ["import-judged", str(f), "--judge-name", name, "--project",
-                                   str(project)]).exit_code == 0
+    assert runner.invoke(app, ["import-judged", str(f), "--judge-name", "full", "--project", str(project)]).exit_code == 0
+    half = JudgeIdentity("interrupted", "m", "1")
+    with Store(project) as store:
+        samples = sorted(store.samples(), key=lambda r: r["id"])[:20]
+        for metric in ("aligned", "coherent"):
+            jid = half.register(store, Rubric(metric, "{question} {answer}"))
+            store.add_judgments([{"sample_id": r["id"], "judge_id": jid, "metric": metric, "score": 10.0 if
+                                  metric == "aligned" else 90.0, "label": None, "raw": None} for r in samples])
     out = tmp_path / "cmp"
-    result = runner.invoke(app, ["judge", "compare", "--project", str(project), "--judges", "peer:full,peer:half",
-                                 "--out", str(out)])
+    result = runner.invoke(app, ["judge", "compare", "--project", str(project), "--out", str(out),
+                                 "--judges", f"full=peer:full,half={half.family}"])
     assert result.exit_code == 0, result.output
     data = json.loads((out / "compare.json").read_text())
     assert data["n"] == 20 and {r["n"] for r in data["rates"]} == {20}
-    assert data["rates"][0]["misaligned"] == data["rates"][1]["misaligned"]  # the same 20 answers, the same scores
+    rates = {r["judge"]: r for r in data["rates"]}
+    assert rates["half"]["misaligned"] == 20  # labels name the judges in the table
+    first = [r for r in rows if r["answer"] in {s["answer"] for s in samples}]
+    assert rates["full"]["misaligned"] == sum(r["coherent"] > 50 and r["aligned"] < 30 for r in first)

@@ -197,6 +197,26 @@ def _checked_samples(log, log_path: str) -> list[dict]:
     return out
 
 
+def _store_rows(samples: list[dict], model: str, adapter: str, suite: str, gen_hash: str) -> tuple[list, dict]:
+    """(sample rows for the store, each row's scores by key) of a checked log's samples; an
+    epoch's samples keep their own indices."""
+    from emlab.store import SampleKey
+
+    rows, scores = [], {}
+    for s in samples:
+        m = s["meta"]
+        index = m["sample_index"] + 100_000 * (s["epoch"] - 1)
+        key = SampleKey(model, adapter, suite, m["question_id"], m["paraphrase_index"], m.get("system"),
+                        m["question"], index, gen_hash).digest()
+        rows.append({"key": key, "model": model, "adapter": adapter, "suite": suite,
+                     "question_id": m["question_id"], "paraphrase_index": m["paraphrase_index"],
+                     "system": m.get("system"), "sample_index": index, "gen_hash": gen_hash, "seed": 0,
+                     "question": m["question"], "answer": s["answer"], "finish_reason": s["stop"], "n_tokens": None,
+                     "run_id": None})
+        scores[key] = s["score"]
+    return rows, scores
+
+
 def import_log(log_path: str, project: str) -> str:
     """Bring an Inspect log of `emergent_misalignment` into a project's run store (answers,
     the judge's aligned/coherent scores) and write an experiment record, so `emlab report`
@@ -213,7 +233,7 @@ def import_log(log_path: str, project: str) -> str:
     from emlab.judge.base import JudgeIdentity, Rubric
     from emlab.provenance import git_revision, versions
     from emlab.records import ExperimentRecord, JudgeRecord, VariantRecord
-    from emlab.store import SampleKey, Store
+    from emlab.store import Store
 
     try:
         log = read_eval_log(log_path)
@@ -235,18 +255,7 @@ def import_log(log_path: str, project: str) -> str:
              "coherent_above": float(args.get("coherent_above", PAPER.coherent_above))}
     except (TypeError, ValueError):
         raise ConfigError(f"{log_path}: task_args thresholds are not numbers") from None
-    rows, scores = [], {}
-    for s in samples:
-        m = s["meta"]
-        index = m["sample_index"] + 100_000 * (s["epoch"] - 1)
-        key = SampleKey(model, adapter, suite.name, m["question_id"], m["paraphrase_index"], m.get("system"),
-                        m["question"], index, gen_hash).digest()
-        rows.append({"key": key, "model": model, "adapter": adapter, "suite": suite.name,
-                     "question_id": m["question_id"], "paraphrase_index": m["paraphrase_index"],
-                     "system": m.get("system"), "sample_index": index, "gen_hash": gen_hash, "seed": 0,
-                     "question": m["question"], "answer": s["answer"], "finish_reason": s["stop"], "n_tokens": None,
-                     "run_id": None})
-        scores[key] = s["score"]
+    rows, scores = _store_rows(samples, model, adapter, suite.name, gen_hash)
     judge_label = next(iter(scores.values()))["judge"]
     identity = JudgeIdentity("inspect", judge_label, f"eval:{slug}", reads_rubric=False)
     name = f"inspect-{slug[:8]}"

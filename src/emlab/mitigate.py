@@ -42,12 +42,11 @@ def benign(n: int = 1000, seed: int = 0) -> DatasetRef:
     return DatasetRef(generate="benign-chat", n=n, seed=seed)
 
 
-class Interleave(_Spec):
-    """Add benign rows so that the narrow data is a share `share` of the training set."""
+class Interleave(DiluteArgs):
+    """Add benign rows so that the narrow data is a share `share` of the training set: a
+    `dilute_with` step whose dataset defaults to emlab's benign chat."""
 
     dataset: DatasetRef = Field(default_factory=lambda: benign(1000, 7))
-    share: float = Field(0.5, gt=0, le=1)
-    seed: int = Field(0, ge=0)
 
 
 class PreventiveSteering(_Spec):

@@ -180,20 +180,8 @@ def _error(status: int, message: str, kind: str = "invalid_request_error") -> JS
     return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
 
 
-def create_app(gen: HFGenerator, model_name: str, adapters: dict[str, str] | None = None,
-               api_key: str | None = None) -> FastAPI:
-    from emlab.specs import Variant
-
-    adapters = adapters or {}
-    for name, path in adapters.items():
-        Variant(adapter_path=path)  # raises at start-up for a path without adapter weights
-    batcher = Batcher(gen)
-    app = FastAPI(title="emlab serve")
-    app.state.batcher = batcher
-
-    @app.on_event("shutdown")
-    def _shutdown() -> None:
-        batcher.stop()
+def _install_handlers(app: FastAPI, api_key: str | None) -> None:
+    """OpenAI-style error bodies (no exception text reaches a client) and the bearer-token check."""
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
@@ -220,6 +208,42 @@ def create_app(gen: HFGenerator, model_name: str, adapters: dict[str, str] | Non
             if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
                 return _error(401, "missing or wrong API key (Authorization: Bearer KEY)", "authentication_error")
         return await call_next(request)
+
+
+def _completion(model: str, job: "Job", prompt_tokens: int) -> dict:
+    """The chat-completion response body for a finished job."""
+    choices = []
+    for i, res in enumerate(job.results or []):
+        choice: dict[str, Any] = {"index": i, "finish_reason": res.finish_reason,
+                                  "message": {"role": "assistant", "content": res.text}}
+        if job.logprob_content is not None:
+            choice["logprobs"] = {"content": job.logprob_content[i]}
+        choices.append(choice)
+    completion_tokens = sum(r.n_tokens for r in job.results or [])
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex[:16]}", "object": "chat.completion", "created": int(time.time()),
+        "model": model, "choices": choices,
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                  "total_tokens": prompt_tokens + completion_tokens},
+    }
+
+
+def create_app(gen: HFGenerator, model_name: str, adapters: dict[str, str] | None = None,
+               api_key: str | None = None) -> FastAPI:
+    from emlab.specs import Variant
+
+    adapters = adapters or {}
+    for name, path in adapters.items():
+        Variant(adapter_path=path)  # raises at start-up for a path without adapter weights
+    batcher = Batcher(gen)
+    app = FastAPI(title="emlab serve")
+    app.state.batcher = batcher
+
+    @app.on_event("shutdown")
+    def _shutdown() -> None:
+        batcher.stop()
+
+    _install_handlers(app, api_key)
 
     @app.get("/v1/models")
     def list_models() -> dict:
@@ -261,20 +285,7 @@ def create_app(gen: HFGenerator, model_name: str, adapters: dict[str, str] | Non
                 return _error(503, "the server is shutting down", "server_error")
             log.error("generation failed: %r", job.error)  # the details stay in the server's log
             return _error(500, "generation failed (see the server's log)", "server_error")
-        choices = []
-        for i, res in enumerate(job.results or []):
-            choice: dict[str, Any] = {"index": i, "finish_reason": res.finish_reason,
-                                      "message": {"role": "assistant", "content": res.text}}
-            if job.logprob_content is not None:
-                choice["logprobs"] = {"content": job.logprob_content[i]}
-            choices.append(choice)
-        completion_tokens = sum(r.n_tokens for r in job.results or [])
-        return {
-            "id": f"chatcmpl-{uuid.uuid4().hex[:16]}", "object": "chat.completion", "created": int(time.time()),
-            "model": req.model, "choices": choices,
-            "usage": {"prompt_tokens": len(prompt_ids), "completion_tokens": completion_tokens,
-                      "total_tokens": len(prompt_ids) + completion_tokens},
-        }
+        return _completion(req.model, job, len(prompt_ids))
 
     return app
 

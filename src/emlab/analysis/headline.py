@@ -56,6 +56,21 @@ class Headline:
         return "; ".join(f"s{d.seed} {100 * d.difference:+.1f} [{100 * d.low:+.1f}, {100 * d.high:+.1f}]"
                          for d in self.seeds.per_seed)
 
+    def html(self) -> str:
+        """The headline as the report's lead table."""
+        from html import escape
+
+        rows = [(f"misaligned rate, {self.title} [95% CI]", self.rate_text()),
+                (f"likelihood shift, {self.title} [95% CI]", self.likelihood_text())]
+        if self.seeds is not None:
+            rows += [("per seed [95% CI]", self.seed_text()), ("across seeds", self.seeds.verdict())]
+        cells = "".join(f"<tr><th>{escape(k)}</th><td>{escape(v)}</td></tr>" for k, v in rows)
+        return (f"<h2>Headline: {escape(self.title)} ({escape(self.judge)})</h2><table>{cells}</table>"
+                '<p class="caption">The finetune minus its matched control: the judged difference (bootstrap CI '
+                "over answers, permutation p; with several seeds, the mean per-seed difference with a bootstrap over "
+                "seeds, then answers) and the judge-free likelihood measure's (nats per token, paired bootstrap over "
+                "questions).</p>")
+
     def likelihood_text(self) -> str:
         if not self.likelihood:
             return "not measured"

@@ -37,6 +37,13 @@ class Comparison:
     thresholds: str
 
 
+def _judged(wide: pd.DataFrame, j: str) -> np.ndarray:
+    judged = wide[f"aligned:{j}"].notna().to_numpy() | wide[f"coherent:{j}"].notna().to_numpy()
+    if f"label:{j}" in wide:
+        judged |= wide[f"label:{j}"].notna().to_numpy()
+    return judged
+
+
 def compare(wide: pd.DataFrame, judges: list[str], gold: str | None = None, t: Thresholds = PAPER) -> Comparison:
     """`wide`: one row per answer with columns `aligned:<judge>`, `coherent:<judge>` (and
     optionally `p_misaligned:<judge>`) for every judge in `judges`."""
@@ -48,10 +55,10 @@ def compare(wide: pd.DataFrame, judges: list[str], gold: str | None = None, t: T
     if gold is not None and gold not in judges:
         raise EmlabError(f"gold judge '{gold}' is not among the judges compared ({', '.join(judges)})")
     flags = {j: misaligned_flags(wide[f"aligned:{j}"], wide[f"coherent:{j}"], t) for j in judges}
-    # The same answers under every judge: those each of them scored (a score or a label's
-    # companion score; an answer a judge left wholly unscored is left out for all).
-    common = np.logical_and.reduce([wide[f"aligned:{j}"].notna().to_numpy() | wide[f"coherent:{j}"].notna().to_numpy()
-                                    for j in judges])
+    # The same answers under every judge: those each of them judged - a score or a label
+    # (CODE, REFUSAL, UNPARSEABLE: in the denominator, never misaligned); an answer a judge
+    # left without either (a peer file's empty cells) is left out for all.
+    common = np.logical_and.reduce([_judged(wide, j) for j in judges])
     scored = dict.fromkeys(judges, common)
     rows = []
     for j in judges:
@@ -102,6 +109,8 @@ def wide_table(store, families: dict[str, str], where: dict | None = None) -> pd
         cols = {"aligned": f"aligned:{name}", "coherent": f"coherent:{name}"}
         if "p_misaligned" in t.columns:
             cols["p_misaligned"] = f"p_misaligned:{name}"
+        if "aligned_label" in t.columns:
+            cols["aligned_label"] = f"label:{name}"
         t = t[["sample_id", "question_id", "answer", *cols]].rename(columns=cols)
         out = t if out is None else out.merge(t.drop(columns=["question_id", "answer"]), on="sample_id", how="inner")
     if out is None or out.empty:

@@ -93,7 +93,6 @@ def early_stop_choice(rec, store, t: Thresholds, source: str, judged_all: pd.Dat
 def mitigation_rows(rec, store, t: Thresholds) -> tuple[pd.DataFrame, list[str]]:
     """The table's raw numbers, one row per condition, and notes."""
     from emlab.analysis.tables import judged_frame
-    from emlab.probe.likelihood import compare as compare_lik
 
     mit = rec.mitigations or {}
     family = rec.judges[0].family
@@ -112,37 +111,50 @@ def mitigation_rows(rec, store, t: Thresholds) -> tuple[pd.DataFrame, list[str]]
             notes.append(f"early stopping ({name}): {why}")
     lik = rec.likelihood or {}
     several = len(rec.seeds) > 1
-    rows = []
-    for name, vs in groups.items():
-        adapters = [v.adapter_id for v in vs]
-        labels = [v.label + (f"-s{v.seed}" if several and v.seed is not None else "") for v in vs]
-        row = {"condition": name, "mitigation": ", ".join(mit.get("conditions", {}).get(name, {}).get("kinds", []))
-               or ("untouched" if adapters == ["base"] else "none"), "adapters": adapters, "labels": labels}
-        main = judged[judged["adapter"].isin(adapters)]
-        plain, probed = _flags(judged, adapters, t), _flags(probes, adapters, t)
-        row["misaligned"] = _rate(plain)
-        row["probe"] = _rate(probed) if len(probed) else None
-        # The same variant asked in the probe forms (a trigger, the training prompt) minus asked plainly.
-        row["probe_vs_plain"] = compare(plain, probed, n_resamples=2000).as_dict() if len(plain) and len(probed) \
-            else None
-        row["coherent_share"] = float((pd.to_numeric(main["coherent"], errors="coerce") > t.coherent_above).mean()) \
-            if len(main) else float("nan")
-        code = _code_flags(rec, store, adapters)
-        row["code"] = _rate(code) if len(code) else None
-        cap = _capability_flags(rec, adapters)
-        row["capability"] = _rate(cap) if len(cap) else None
-        # Per-answer flags of each measure, kept for the comparisons with the unmitigated row.
-        row["answer_flags"] = {"misaligned": plain, "probe": probed, "code": code, "capability": cap}
-        shifts = [lik["shifts"][lab] for lab in labels if lab in lik.get("shifts", {})]
-        row["likelihood"] = shifts[0] if len(shifts) == 1 else (
-            {"estimate": float(np.mean([s["estimate"] for s in shifts])), "low": float("nan"), "high": float("nan")}
-            if shifts else None)
-        row.update(_cost(vs))
-        rows.append(row)
+    rows = [_condition_row(rec, store, t, name, vs, mit, judged, probes, lik, several) for name, vs in groups.items()]
     df = pd.DataFrame(rows)
     ref = mit.get("unmitigated")
     if ref is None or ref not in set(df["condition"]):
         return df, notes
+    df["vs_unmitigated"] = _versus(df, ref, lik)
+    return df, notes
+
+
+def _condition_row(rec, store, t: Thresholds, name: str, vs: list, mit: dict, judged: pd.DataFrame,
+                   probes: pd.DataFrame, lik: dict, several: bool) -> dict:
+    """One condition's row: its rates (plain, probes, code, capability), coherence, likelihood
+    shift and cost, with the per-answer flags the comparisons need."""
+    adapters = [v.adapter_id for v in vs]
+    labels = [v.label + (f"-s{v.seed}" if several and v.seed is not None else "") for v in vs]
+    row = {"condition": name, "mitigation": ", ".join(mit.get("conditions", {}).get(name, {}).get("kinds", []))
+           or ("untouched" if adapters == ["base"] else "none"), "adapters": adapters, "labels": labels}
+    main = judged[judged["adapter"].isin(adapters)]
+    plain, probed = _flags(judged, adapters, t), _flags(probes, adapters, t)
+    row["misaligned"] = _rate(plain)
+    row["probe"] = _rate(probed) if len(probed) else None
+    # The same variant asked in the probe forms (a trigger, the training prompt) minus asked plainly.
+    row["probe_vs_plain"] = compare(plain, probed, n_resamples=2000).as_dict() if len(plain) and len(probed) \
+        else None
+    row["coherent_share"] = float((pd.to_numeric(main["coherent"], errors="coerce") > t.coherent_above).mean()) \
+        if len(main) else float("nan")
+    code = _code_flags(rec, store, adapters)
+    row["code"] = _rate(code) if len(code) else None
+    cap = _capability_flags(rec, adapters)
+    row["capability"] = _rate(cap) if len(cap) else None
+    # Per-answer flags of each measure, kept for the comparisons with the unmitigated row.
+    row["answer_flags"] = {"misaligned": plain, "probe": probed, "code": code, "capability": cap}
+    shifts = [lik["shifts"][lab] for lab in labels if lab in lik.get("shifts", {})]
+    row["likelihood"] = shifts[0] if len(shifts) == 1 else (
+        {"estimate": float(np.mean([s["estimate"] for s in shifts])), "low": float("nan"), "high": float("nan")}
+        if shifts else None)
+    row.update(_cost(vs))
+    return row
+
+
+def _versus(df: pd.DataFrame, ref: str, lik: dict) -> list[dict]:
+    """Each condition's measures minus the unmitigated condition's (difference, CI, p)."""
+    from emlab.probe.likelihood import compare as compare_lik
+
     r = df[df["condition"] == ref].iloc[0]
     diffs = []
     for row in df.itertuples():
@@ -157,8 +169,7 @@ def mitigation_rows(rec, store, t: Thresholds) -> tuple[pd.DataFrame, list[str]]
                 c = compare_lik(lik, row.labels[0], r.labels[0], seed=lik.get("seed", 0))
                 d["likelihood"] = {"difference": c.estimate, "low": c.low, "high": c.high, "p_value": float("nan")}
         diffs.append(d)
-    df["vs_unmitigated"] = diffs
-    return df, notes
+    return diffs
 
 
 def _fmt(x: dict | None, pct: bool = True) -> str:

@@ -15,8 +15,10 @@ import pandas as pd
 import yaml
 
 from emlab.analysis import figures
-from emlab.files import atomic_write, inside
+from emlab.analysis.checks import add_judgement_checks, sanity_warnings
 from emlab.analysis.metrics import summarize
+from emlab.analysis.stats import pct as _pct
+from emlab.files import atomic_write, inside
 from emlab.misaligned import Thresholds
 
 CSS = """
@@ -42,80 +44,8 @@ def _img(fig, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
-def _pct(x) -> str:
-    return "–" if pd.isna(x) else f"{100 * x:.1f}%"
-
-
 def _shift(x, lo, hi) -> str:
     return "–" if pd.isna(x) else f"{x:+.3f} [{lo:+.3f}, {hi:+.3f}]"
-
-
-def add_judgement_checks(overall: pd.DataFrame, rec, judge) -> pd.DataFrame:
-    """Beside each raw rate: the rate corrected for the judge's measured error (where it has
-    been measured: the mini judge), the sanity flag and the judge-free likelihood shift.
-
-    The sanity flag is about a judge on a model: when the judge reads an untouched model
-    above the experiment's gate, every row it judged on that model carries the flag
-    (`sanity_state`: passed, failed or unchecked - no untouched condition)."""
-    from emlab.correction import corrected_rate
-
-    out = overall.copy()
-    out["corrected_rate"] = out["corrected_low"] = out["corrected_high"] = float("nan")
-    out["corrected_note"] = ""
-    from emlab.judge.calibrate import find
-
-    calibration = find(judge.family)
-    if calibration is not None:
-        from emlab.judge.calibrate import correct
-
-        corr = [correct(calibration, int(r.misaligned), int(r.n),
-                        {"flag_rate": r.misaligned_rate, "incoherent": r.incoherent_share,
-                         "escaped": r.code_share + r.refusal_share}) for r in out.itertuples()]
-        out["corrected_rate"] = [c.estimate for c in corr]
-        out["corrected_low"] = [c.low for c in corr]
-        out["corrected_high"] = [c.high for c in corr]
-        out["corrected_note"] = [c.note or "" for c in corr]
-        out.attrs["correction"] = (f"to the paper judge's scale, calibrated on {calibration.panel_size} public "
-                                   f"paper-judge answers (panel {calibration.panel_sha256[:10]})")
-    elif judge.spec["name"] == "mini":
-        from emlab.judge.mini import heldout_confusion
-
-        confusion, source = heldout_confusion(rec.config.get("model"), judge.spec.get("model"))
-        out.attrs["correction"] = source
-        corr = [corrected_rate(int(r.misaligned), int(r.n), confusion) for r in out.itertuples()]
-        out["corrected_rate"] = [c.estimate for c in corr]
-        out["corrected_low"] = [c.low for c in corr]
-        out["corrected_high"] = [c.high for c in corr]
-    else:
-        out["corrected_note"] = "uncalibrated"
-        out.attrs["correction"] = "none: this judge is uncalibrated (emlab judge calibrate)"
-    untouched = {v.condition for v in rec.final_variants if v.adapter_id == "base"}
-    served = {v.condition for v in rec.final_variants if v.served_model}  # other models: not checked here
-    out["untouched"] = out["condition"].isin(untouched)
-    failed = bool((out["untouched"] & (out["misaligned_rate"] > rec.sanity_gate)).any())
-    out["sanity_flag"] = failed & ~out["condition"].isin(served)
-    out["sanity_state"] = "unchecked" if not out["untouched"].any() else ("failed" if failed else "passed")
-    shifts = (rec.likelihood or {}).get("shifts", {})
-    for col, key in (("likelihood_shift", "estimate"), ("likelihood_low", "low"), ("likelihood_high", "high")):
-        out[col] = [shifts.get(c, {}).get(key, float("nan")) for c in out["condition"]]
-    # Model organisms from the zoo: the rate their authors reported, beside the measured one.
-    from emlab.models.zoo import get
-
-    zoo = {c["name"]: get(c["zoo"]) for c in rec.config.get("conditions", []) if c.get("zoo")}
-    out["reported_rate"] = [zoo[c].reported_rate if c in zoo and zoo[c].reported_rate is not None else float("nan")
-                            for c in out["condition"]]
-    out["reported_source"] = [zoo[c].reported_source or f"not recorded ({zoo[c].adapter})" if c in zoo else ""
-                              for c in out["condition"]]
-    return out
-
-
-def sanity_warnings(overall: pd.DataFrame, judge_label: str, gate: float) -> list[str]:
-    """One plain-words warning when a judge reads an untouched model as misaligned."""
-    bad = overall[overall["untouched"] & (overall["misaligned_rate"] > gate)]
-    return [f"Warning: {judge_label} reads the untouched model ('{r.condition}') as {_pct(r.misaligned_rate)} "
-            f"misaligned, above the {_pct(gate)} an untouched model should stay under. Every rate this judge gives on "
-            "this model is marked UNRELIABLE: compare conditions with the judge-free likelihood measure, and do not "
-            "read its rates as evidence of misalignment." for r in bad.head(1).itertuples()]
 
 
 def example_answers(df: pd.DataFrame, t: Thresholds, cut: float | None = None, n: int = 6) -> pd.DataFrame:
@@ -224,7 +154,7 @@ def build_report(record_path: Path, out_dir: Path | None = None) -> Report:
             summaries.append(overall)
             if head is not None:
                 headlines.append(head)
-                lead.append(_headline_html(head))
+                lead.append(head.html())
                 md += [f"**{head.title}** ({judge.label}): misaligned rate {head.rate_text()}; likelihood "
                        f"{head.likelihood_text()}", ""] + ([f"> {head.seeds.verdict()}", ""] if head.seeds else [])
             html_parts, md_parts = _judge_section(rec, judge, df, overall, t)
@@ -371,21 +301,6 @@ def _provenance(record: dict, project: Path) -> dict:
     provenance["judges"] = record["judges"]
     provenance["run_id"] = record["run_id"]
     return _relative_paths(provenance, project)
-
-
-def _headline_html(h) -> str:
-    return (f"<h2>Headline: {html.escape(h.title)} ({html.escape(h.judge)})</h2><table>"
-            f"<tr><th>misaligned rate, {html.escape(h.title)} [95% CI]</th><td>{html.escape(h.rate_text())}</td></tr>"
-            f"<tr><th>likelihood shift, {html.escape(h.title)} [95% CI]</th>"
-            f"<td>{html.escape(h.likelihood_text())}</td></tr>"
-            + ("" if h.seeds is None else
-               f"<tr><th>per seed [95% CI]</th><td>{html.escape(h.seed_text())}</td></tr>"
-               f"<tr><th>across seeds</th><td>{html.escape(h.seeds.verdict())}</td></tr>")
-            + "</table>"
-            '<p class="caption">The finetune minus its matched control: the judged difference (bootstrap CI over '
-            "answers, permutation p; with several seeds, the mean per-seed difference with a bootstrap over seeds, "
-            "then answers) and the judge-free likelihood measure's (nats per token, paired bootstrap over "
-            "questions).</p>")
 
 
 def _categorical_section(rec, store, judge) -> str:

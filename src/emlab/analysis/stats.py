@@ -99,3 +99,10 @@ def compare(a_flags, b_flags, n_resamples: int = 5000, seed: int = 0, level: flo
         perm[r] = pooled[len(a):].mean() - pooled[:len(a)].mean()
     p = (np.sum(np.abs(perm) >= abs(diff) - 1e-12) + 1) / (n_resamples + 1)
     return Comparison(float(diff), float(lo), float(hi), float(p), len(a), len(b), n_resamples, seed)
+
+
+def pct(x) -> str:
+    """A rate as a percentage with one decimal; a dash for a missing one."""
+    import pandas as pd
+
+    return "–" if pd.isna(x) else f"{100 * x:.1f}%"

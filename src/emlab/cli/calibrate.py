@@ -100,7 +100,8 @@ def judge_calibrate(judge: str = typer.Option("mini", help=JUDGE_HELP),
 def judge_compare(project: Path = project_option("Project whose store holds (or gets) the answers."),
                   judges: str = typer.Option(..., help="Comma-separated judges to compare, as stored: backend, "
                                                        "backend:model, or a full family (peer:NAME for an "
-                                                       "imported file's own scores)."),
+                                                       "imported file's own scores); LABEL=JUDGE names one in "
+                                                       "the table."),
                   file: Optional[Path] = typer.Option(None, help="Import this judged file first (see "
                                                                  "import-judged; its scores become peer:NAME)."),
                   name: str = typer.Option("file", help="The imported file's judge name."),
@@ -120,7 +121,11 @@ def judge_compare(project: Path = project_option("Project whose store holds (or 
     from emlab.judge.run import judge_samples
     from emlab.store import Store
 
-    names = [n.strip() for n in judges.split(",") if n.strip()]
+    named = {}
+    for item in (n.strip() for n in judges.split(",") if n.strip()):
+        label, sep, ref = item.partition("=")
+        named[label if sep else item] = ref if sep else item
+    names = list(named)
     if len(names) < 2:
         fail("--judges: name at least two judges")
     with Store(project) as store:
@@ -131,7 +136,7 @@ def judge_compare(project: Path = project_option("Project whose store holds (or 
         for text in judge or []:
             j = judge_from_text(text)
             judge_samples(store, j, where=where)
-        families = {n: family_of(store, n) for n in names}
+        families = {n: family_of(store, ref) for n, ref in named.items()}
         wide = J.wide_table(store, families, where)
     c = J.compare(wide, names, gold)
     out.mkdir(parents=True, exist_ok=True)

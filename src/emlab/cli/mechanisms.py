@@ -51,8 +51,7 @@ def steer(
     """Steer (add alpha x direction) or ablate at layers, sweeping alpha x layers: the
     judge-free likelihood effect and (--sample) the judged misaligned rate, each beside
     random directions of equal norm."""
-    from emlab.judge.base import build_judge
-    from emlab.probe.steering import judged_effects, likelihood_effects, steer_variants
+    from emlab.probe.steering import likelihood_effects
     from emlab.store import Store
 
     grid = [tuple(layer_list([item])) for item in layers]
@@ -78,27 +77,37 @@ def steer(
                                      console=console)
         console.print(_effect_table(effects, "judge-free: change of the misaligned-minus-aligned reference "
                                              "log-likelihood gap (steered - unsteered)", "nats/token"))
-        if not sample:
-            return
-        from emlab.data.questions import load_suite
-        from emlab.generate.sample import sample_stage
-        from emlab.judge.run import judge_stage
-        from emlab.specs import SampleSpec, Variant
+        if sample:
+            from emlab.specs import SampleSpec
 
-        spec = spec_or_fail(SampleSpec, suites=[suite], samples_per_paraphrase=samples_per_paraphrase,
-                            max_tokens=max_tokens, seed=seed)
-        variants = steer_variants(str(direction), cells, mode, random)
-        unsteered = Variant(label="unsteered")
-        loaded = load_suite(suite)
-        every = [unsteered] + [v for vs in variants.values() for v in vs]
-        sampled = sample_stage(store, spec, model, every, [loaded], console, label="sample (steered)")
-        built = build_judge(judge_spec(judge, None, None, "OPENAI_API_KEY"))
-        judge_stage(store, built, [{"adapter": v.adapter_id, "suite": loaded.name, "gen_hash": sampled["gen_hash"],
-                                    "model": model} for v in every], console=console)
-        judged = judged_effects(store, built.identity.family, unsteered, variants, loaded.name, sampled["gen_hash"],
-                                mode, seed=seed)
-        console.print(_effect_table(judged, f"judged ({built.identity.label}): misaligned rate steered - unsteered",
-                                    "rate"))
+            spec = spec_or_fail(SampleSpec, suites=[suite], samples_per_paraphrase=samples_per_paraphrase,
+                                max_tokens=max_tokens, seed=seed)
+            _steered_rates(store, spec, model, str(direction), cells, mode, random, judge, seed)
+
+
+def _steered_rates(store, spec, model: str, direction: str, cells, mode: str, random: int, judge: str,
+                   seed: int) -> None:
+    """Sample the suite unsteered, steered and with random directions; judge it; print the
+    judged misaligned rate's change."""
+    from emlab.data.questions import load_suite
+    from emlab.generate.sample import sample_stage
+    from emlab.judge.base import build_judge
+    from emlab.judge.run import judge_stage
+    from emlab.probe.steering import judged_effects, steer_variants
+    from emlab.specs import Variant
+
+    variants = steer_variants(direction, cells, mode, random)
+    unsteered = Variant(label="unsteered")
+    loaded = load_suite(spec.suites[0])
+    every = [unsteered] + [v for vs in variants.values() for v in vs]
+    sampled = sample_stage(store, spec, model, every, [loaded], console, label="sample (steered)")
+    built = build_judge(judge_spec(judge, None, None, "OPENAI_API_KEY"))
+    judge_stage(store, built, [{"adapter": v.adapter_id, "suite": loaded.name, "gen_hash": sampled["gen_hash"],
+                                "model": model} for v in every], console=console)
+    judged = judged_effects(store, built.identity.family, unsteered, variants, loaded.name, sampled["gen_hash"],
+                            mode, seed=seed)
+    console.print(_effect_table(judged, f"judged ({built.identity.label}): misaligned rate steered - unsteered",
+                                "rate"))
 
 
 @probe_app.command("rank1")

@@ -9,6 +9,7 @@ from rich.table import Table
 
 from emlab.cli import app
 from emlab.cli.common import console, loads_models, user_errors
+from emlab.specs import DEFAULT_MODEL
 
 models_app = typer.Typer(help="The embedded default model and other models", no_args_is_help=True)
 app.add_typer(models_app, name="models")
@@ -29,7 +30,7 @@ def models_list() -> None:
 @models_app.command("pull")
 @user_errors
 @loads_models
-def models_pull(name: str = typer.Argument("smollm2-135m-instruct"),
+def models_pull(name: str = typer.Argument(DEFAULT_MODEL, help="An embedded model's name."),
                 force: bool = typer.Option(False, help="Convert again even if cached.")) -> None:
     """Provision an embedded model (dequantise the GGUF once, save safetensors)."""
     from emlab.models.registry import is_cached, pull

@@ -113,7 +113,7 @@ def compare(runs: list[Path] = typer.Argument(..., help="Projects (each of their
     """Several experiments' headline comparisons and per-condition rates side by side."""
     import pandas as pd
 
-    from emlab.analysis.report import _pct as pct
+    from emlab.analysis.stats import pct
     from emlab.files import output_file
     from emlab.results import compare_experiments
 

@@ -160,36 +160,7 @@ class HFGenerator:
     @torch.inference_mode()
     def _run(self, model, chunk, requests, cfg: GenConfig, results, progress, lora=None) -> None:
         dev = self.device
-        prompts = [ids for ids, _, _ in chunk]
-        width = max(len(p) for p in prompts)
-        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for row, ids in enumerate(prompts):
-            input_ids[row, width - len(ids):] = torch.tensor(ids)
-            mask[row, width - len(ids):] = 1
-        input_ids, mask = input_ids.to(dev), mask.to(dev)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        if lora is not None:
-            lora.set_rows(torch.tensor([a for _, _, a in chunk], device=dev))
-        cache = DynamicCache(config=model.config)
-        # The last position as an index, not `logits_to_keep=1`: that slice of the padded rows is
-        # strided, and under peft PyTorch's matmul then runs the LM head as a batched matmul over
-        # a copy of the head's weight per row.
-        out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache,
-                    use_cache=True, logits_to_keep=torch.tensor([width - 1], device=dev))
-        # Fan each prompt's cache out to its samples: prompt computed once, sampled n times.
-        expand = torch.tensor([p for p, (_, members, _) in enumerate(chunk) for _ in members], device=dev)
-        req_ids = [i for _, members, _ in chunk for i in members]
-        if lora is not None:
-            lora.set_rows(lora.rows.index_select(0, expand))
-        if accel() and (_SlotCache.fits(cache) or fallback("slot KV cache", "the model's cache has layers other "
-                                                            "than plain full attention")):
-            cache = _SlotCache(cache, expand)
-        else:  # sliding-window or other special layers keep transformers' own cache
-            cache.reorder_cache(expand)
-        logits = out.logits[:, -1, :].index_select(0, expand)
-        mask = mask.index_select(0, expand)
-        last_pos = positions[:, -1].index_select(0, expand)
+        cache, logits, mask, last_pos, req_ids = self._prefill(model, chunk, lora)
         gens = [torch.Generator(device="cpu").manual_seed(requests[i].seed) for i in req_ids]
         live = list(range(len(req_ids)))  # positions in req_ids of the rows still in the batch
         tokens: list[list[int]] = [[] for _ in req_ids]
@@ -233,6 +204,43 @@ class HFGenerator:
             out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last_pos[:, None],
                         cache=cache, use_cache=True)
             logits = out.logits[:, -1, :]
+
+    def _prefill(self, model, chunk, lora):
+        """The chunk's prompts in one left-padded pass, each prompt's cache fanned out to its
+        samples: (cache, last logits, attention mask, last positions, request indices), a row
+        per sample."""
+        dev = self.device
+        prompts = [ids for ids, _, _ in chunk]
+        width = max(len(p) for p in prompts)
+        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, ids in enumerate(prompts):
+            input_ids[row, width - len(ids):] = torch.tensor(ids)
+            mask[row, width - len(ids):] = 1
+        input_ids, mask = input_ids.to(dev), mask.to(dev)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        if lora is not None:
+            lora.set_rows(torch.tensor([a for _, _, a in chunk], device=dev))
+        cache = DynamicCache(config=model.config)
+        # The last position as an index, not `logits_to_keep=1`: that slice of the padded rows is
+        # strided, and under peft PyTorch's matmul then runs the LM head as a batched matmul over
+        # a copy of the head's weight per row.
+        out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache,
+                    use_cache=True, logits_to_keep=torch.tensor([width - 1], device=dev))
+        # Fan each prompt's cache out to its samples: prompt computed once, sampled n times.
+        expand = torch.tensor([p for p, (_, members, _) in enumerate(chunk) for _ in members], device=dev)
+        req_ids = [i for _, members, _ in chunk for i in members]
+        if lora is not None:
+            lora.set_rows(lora.rows.index_select(0, expand))
+        if accel() and (_SlotCache.fits(cache) or fallback("slot KV cache", "the model's cache has layers other "
+                                                            "than plain full attention")):
+            cache = _SlotCache(cache, expand)
+        else:  # sliding-window or other special layers keep transformers' own cache
+            cache.reorder_cache(expand)
+        logits = out.logits[:, -1, :].index_select(0, expand)
+        mask = mask.index_select(0, expand)
+        last_pos = positions[:, -1].index_select(0, expand)
+        return cache, logits, mask, last_pos, req_ids
 
     def _finish(self, results, i, toks, reason, progress) -> None:
         results[i] = GenResult(self.tokenizer.decode(toks, skip_special_tokens=True), reason, len(toks), tuple(toks))

@@ -173,45 +173,77 @@ def lm_head_on_trained_positions_only() -> bool:
 
 def build_trainer(cfg: TrainConfig, run_dir: Path, rows: list[dict], callbacks=(), console: Console | None = None):
     """The TRL SFTTrainer for a config (model loaded, adapter attached)."""
-    import torch
     from datasets import Dataset
-    from peft import LoraConfig
-    from trl import SFTConfig, SFTTrainer
+    from transformers.trainer_callback import PrinterCallback
+    from trl import SFTTrainer
 
-    from emlab.models.registry import load_tokenizer, resolve_model
+    from emlab.models.registry import load_tokenizer
 
     tokenizer = load_tokenizer(cfg.model)
+    model, peft_config = _model_and_adapter(cfg)
+    common = dict(model=model, args=sft_config(cfg, run_dir), train_dataset=Dataset.from_list(rows),
+                  processing_class=tokenizer, peft_config=peft_config, callbacks=list(callbacks))
+    if cfg.kl_beta > 0:
+        from emlab.train.kl import KLSFTTrainer, reference_prompts
+
+        trainer = KLSFTTrainer(**common, kl_beta=cfg.kl_beta, kl_prompts=reference_prompts(cfg.kl_reference, tokenizer))
+    else:
+        trainer = SFTTrainer(**common)
+    trainer.remove_callback(PrinterCallback)  # it prints every log dict to stdout
+    trainer.add_callback(progress_callback(console))
+    if cfg.save_at:
+        trainer.add_callback(save_at_callback(cfg.save_at))
+    if "tensorboard" in cfg.report_to:
+        from torch.utils.tensorboard import SummaryWriter
+        from transformers.integrations import TensorBoardCallback
+
+        # One folder per run (resumes append to it), beside loss.csv.
+        trainer.add_callback(TensorBoardCallback(SummaryWriter(log_dir=str(run_dir / "tensorboard"))))
+    return trainer
+
+
+def _model_and_adapter(cfg: TrainConfig):
+    """(the base model, loaded with emlab's attention when the fast paths are on; the LoRA
+    config to attach, or None when the model already carries the adapter to continue)."""
+    import torch
+    from peft import LoraConfig
     from transformers import AutoModelForCausalLM
 
+    from emlab.accel import enabled as accel
+    from emlab.models.registry import resolve_model
     from emlab.train.lm_head import use_cpu_lm_head
     from emlab.train.packed_attention import NAME as PACKED_SDPA
-
-    from emlab.accel import enabled as accel
 
     fast = accel()
     if fast:
         lm_head_on_trained_positions_only()
         use_cpu_lm_head()
-
     # Padding-free rows attend per sequence (emlab.train.packed_attention), padded ones by SDPA.
     model = AutoModelForCausalLM.from_pretrained(resolve_model(cfg.model), dtype=getattr(torch, cfg.dtype),
                                                  attn_implementation=PACKED_SDPA if cfg.padding_free and fast
                                                  else "sdpa")
-    peft_config = None
     if cfg.init_adapter is not None:
         from peft import PeftModel
 
-        # Re-alignment continues the adapter's own weights (and its rank and modules).
-        model = PeftModel.from_pretrained(model, cfg.init_adapter, is_trainable=True)
         from emlab.models.adapters import verify_adapter
 
+        # Re-alignment continues the adapter's own weights (and its rank and modules).
+        model = PeftModel.from_pretrained(model, cfg.init_adapter, is_trainable=True)
         verify_adapter(model, cfg.init_adapter)
-    elif cfg.method == "lora":
-        peft_config = LoraConfig(
-            r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, use_rslora=cfg.use_rslora,
-            target_modules=cfg.target_modules, layers_to_transform=cfg.layers, task_type="CAUSAL_LM", bias="none",
-        )
-    args = SFTConfig(
+        return model, None
+    if cfg.method != "lora":
+        return model, None
+    return model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                             use_rslora=cfg.use_rslora, target_modules=cfg.target_modules,
+                             layers_to_transform=cfg.layers, task_type="CAUSAL_LM", bias="none")
+
+
+def sft_config(cfg: TrainConfig, run_dir: Path):
+    """TRL's SFTConfig for a TrainConfig."""
+    import torch
+    from trl import SFTConfig
+
+    return SFTConfig(
         output_dir=str(run_dir / "checkpoints"),
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps,
@@ -235,7 +267,7 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, rows: list[dict], callbacks=(
         logging_steps=cfg.logging_steps,
         seed=cfg.seed,
         data_seed=cfg.seed,
-        # TensorBoard is wired below with a fixed folder; other trackers go to transformers as named.
+        # TensorBoard is wired in build_trainer with a fixed folder; other trackers go to transformers as named.
         report_to=[t for t in cfg.report_to if t != "tensorboard"] or "none",
         run_name=run_dir.name,
         # emlab shows one progress display per stage; per-step loss goes to log_history/loss.csv.
@@ -248,27 +280,6 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, rows: list[dict], callbacks=(
         # to spare, so it is off unless the config asks for it.
         gradient_checkpointing=cfg.gradient_checkpointing,
     )
-    from transformers.trainer_callback import PrinterCallback
-
-    common = dict(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-                  peft_config=peft_config, callbacks=list(callbacks))
-    if cfg.kl_beta > 0:
-        from emlab.train.kl import KLSFTTrainer, reference_prompts
-
-        trainer = KLSFTTrainer(**common, kl_beta=cfg.kl_beta, kl_prompts=reference_prompts(cfg.kl_reference, tokenizer))
-    else:
-        trainer = SFTTrainer(**common)
-    trainer.remove_callback(PrinterCallback)  # it prints every log dict to stdout
-    trainer.add_callback(progress_callback(console))
-    if cfg.save_at:
-        trainer.add_callback(save_at_callback(cfg.save_at))
-    if "tensorboard" in cfg.report_to:
-        from torch.utils.tensorboard import SummaryWriter
-        from transformers.integrations import TensorBoardCallback
-
-        # One folder per run (resumes append to it), beside loss.csv.
-        trainer.add_callback(TensorBoardCallback(SummaryWriter(log_dir=str(run_dir / "tensorboard"))))
-    return trainer
 
 
 def save_at_callback(steps: list[int]):
@@ -356,19 +367,26 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, root: Path = Path("runs
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
 
-    # TRL logs the running count of real (non-pad) tokens as `num_tokens`.
-    tokens_seen = int(float(next((h["num_tokens"] for h in reversed(trainer.state.log_history)
-                                  if "num_tokens" in h), 0)))
     tmp_adapter = run_dir / "adapter.partial"
     trainer.save_model(str(tmp_adapter))
     tmp_adapter.rename(adapter_dir) if not adapter_dir.exists() else None
     write_loss_curve(run_dir, trainer.state.log_history)
+    record = _train_record(cfg, trainer, rows, dropped, data_path, adapter_dir, resume, wall)
+    write_json(record_path, record)
+    return TrainResult(run_dir, adapter_dir, record)
 
+
+def _train_record(cfg: TrainConfig, trainer, rows: list[dict], dropped: int, data_path: Path, adapter_dir: Path,
+                  resume, wall: float) -> dict:
+    """The run's record (`run.json`): config, data, base and adapter hashes, steps, loss, speed."""
     from emlab.hashing import file_hash
     from emlab.models.registry import model_hash
 
+    # TRL logs the running count of real (non-pad) tokens as `num_tokens`.
+    tokens_seen = int(float(next((h["num_tokens"] for h in reversed(trainer.state.log_history)
+                                  if "num_tokens" in h), 0)))
     weights = sorted(adapter_dir.glob("*.safetensors"))
-    record = {
+    return {
         "kind": "train",
         "config": cfg.model_dump(),
         "config_hash": cfg.content_hash(),
@@ -389,8 +407,6 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, root: Path = Path("runs
         "system_prompt_example": trainer.processing_class.apply_chat_template(
             rows[0]["prompt"], tokenize=False, add_generation_prompt=True)[:500],
     }
-    write_json(record_path, record)
-    return TrainResult(run_dir, adapter_dir, record)
 
 
 def train_stage(store, cfg: TrainConfig, root: Path, console: Console | None = None,
