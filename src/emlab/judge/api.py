@@ -129,8 +129,7 @@ class APIJudge:
                         words[w] += 1
         raw = {"samples": texts, "numbers": numbers}
         best = max(words, key=words.get) if words else None
-        graded = rubric.scale != (0, 100)  # graded rubrics: a label outweighing the grades wins (aggregate_graded)
-        if graded and best is not None and words[best] > len(numbers):
+        if rubric.graded and best is not None and words[best] > len(numbers):
             return Judgment(None, best, raw, jid)
         if len(numbers) >= self.samples / 4:
             raw["stdev"] = statistics.pstdev(numbers)

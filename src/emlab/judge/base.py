@@ -44,10 +44,15 @@ class Rubric:
         """Every whole reply the rubric allows: its numbers, then its words."""
         return tuple(str(k) for k in range(self.scale[0], self.scale[1] + 1)) + self.escapes
 
+    @property
+    def graded(self) -> bool:
+        """Not the paper's 0-100 with CODE/REFUSAL: a label that outweighs the grades wins."""
+        return not (self.scale == (0, 100) and self.escapes == ("CODE", "REFUSAL"))
+
     def aggregate(self, probs: dict[str, float]) -> tuple[float | None, str | None]:
         """(score, label) from the judge's reply probabilities: the paper's rule for 0-100
         rubrics (`aggregate_0_100`), `aggregate_graded` for graded ones."""
-        if self.scale == (0, 100) and self.escapes == ("CODE", "REFUSAL"):
+        if not self.graded:
             return aggregate_0_100(probs)
         return aggregate_graded(probs, self.scale, self.escapes)
 
