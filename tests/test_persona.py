@@ -164,11 +164,16 @@ def test_an_experiment_judged_with_the_persona_grader(tmp_path, default_model_di
     assert result.exit_code == 0, result.output
     record_path = tmp_path / "proj" / "experiments" / "persona.json"
     rec = ExperimentRecord.read(record_path)
-    assert rec.judges[0].spec["rubrics"] == "persona-1to5" and "rubrics" in rec.judges[0].family
+    from emlab.judge.base import JudgeIdentity
+    from emlab.models.registry import model_hash
+
+    plain = JudgeIdentity("local", MODEL, model_hash(MODEL), (("delimit", "auto"),)).family
+    assert rec.judges[0].spec["rubrics"] == "persona-1to5"
+    assert rec.judges[0].family != plain and rec.judges[0].family.split("#")[0] == plain.split("#")[0]
     with open_existing(tmp_path / "proj") as store:
         df = judged_frame(rec, store, rec.judges[0].family)
         metrics = set(store.judgments(rec.judges[0].family)["metric"])
-    assert metrics == {"persona"} and len(df) == 16
+    assert metrics == {"persona"} and len(df) == 32  # builtin: 32 prompts, one answer each
     graded = df["persona"].notna()
     assert ((df.loc[graded, "persona"] >= 1) & (df.loc[graded, "persona"] <= 5)).all()
     assert df.loc[~graded, "label"].isin(PERSONA.labels + ("UNPARSEABLE",)).all()
