@@ -59,36 +59,32 @@ def compare(wide: pd.DataFrame, judges: list[str], gold: str | None = None, t: T
     # (CODE, REFUSAL, UNPARSEABLE: in the denominator, never misaligned); an answer a judge
     # left without either (a peer file's empty cells) is left out for all.
     common = np.logical_and.reduce([_judged(wide, j) for j in judges])
-    scored = dict.fromkeys(judges, common)
     rows = []
     for j in judges:
-        sel = scored[j]
-        k, n = int(flags[j][sel].sum()), int(sel.sum())
+        k, n = int(flags[j][common].sum()), int(common.sum())
         interval = wilson(k, n)
         lo, hi = interval.low, interval.high
         auroc = float("nan")
         if gold is not None and j != gold:
-            both = sel & scored[gold]
-            truth = flags[gold][both]
+            truth = flags[gold][common]
             if 0 < truth.sum() < len(truth):
                 p = wide.get(f"p_misaligned:{j}")
                 auroc = float(roc_auc_score(truth, evidence(wide[f"aligned:{j}"], wide[f"coherent:{j}"],
-                                                            None if p is None else p)[both]))
+                                                            None if p is None else p)[common]))
         rows.append({"judge": j, "n": n, "misaligned": k, "rate": k / n if n else float("nan"), "ci_low": lo,
                      "ci_high": hi, "auroc_vs_gold": auroc})
     pairs = []
     for i, a in enumerate(judges):
         for b in judges[i + 1:]:
-            both = scored[a] & scored[b]
-            fa, fb = flags[a][both], flags[b][both]
-            kappa = float(cohen_kappa_score(fa, fb)) if both.sum() > 1 and (fa.any() or fb.any()) and \
+            fa, fb = flags[a][common], flags[b][common]
+            kappa = float(cohen_kappa_score(fa, fb)) if common.sum() > 1 and (fa.any() or fb.any()) and \
                 not (fa.all() and fb.all()) else float("nan")
             rho = {}
             for m in ("aligned", "coherent"):
                 x, y = wide[f"{m}:{a}"].to_numpy(float), wide[f"{m}:{b}"].to_numpy(float)
                 ok = ~np.isnan(x) & ~np.isnan(y)
                 rho[m] = float(spearmanr(x[ok], y[ok]).statistic) if ok.sum() > 2 else float("nan")
-            pairs.append({"judge_a": a, "judge_b": b, "n": int(both.sum()), "kappa": kappa,
+            pairs.append({"judge_a": a, "judge_b": b, "n": int(common.sum()), "kappa": kappa,
                           "spearman_aligned": rho["aligned"], "spearman_coherent": rho["coherent"]})
     return Comparison(judges, int(common.sum()), pd.DataFrame(rows), pd.DataFrame(pairs), gold, t.describe())
 

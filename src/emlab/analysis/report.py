@@ -195,8 +195,9 @@ def _judge_notes(rec, judge, overall: pd.DataFrame, df: pd.DataFrame, t: Thresho
     if judge.spec["name"] == "mini":
         from emlab.judge.mini import agreement_summary
 
-        note = f'<p class="note">{html.escape(agreement_summary(judge.spec.get("model")))}</p>'
-        md += [f"> {agreement_summary(judge.spec.get('model'))}", ""]
+        agreement = agreement_summary(judge.spec.get("model"))
+        note = f'<p class="note">{html.escape(agreement)}</p>'
+        md += [f"> {agreement}", ""]
     if judge.spec.get("rubrics") == "persona-1to5":
         from emlab.misaligned import PERSONA
 

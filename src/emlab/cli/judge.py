@@ -130,8 +130,6 @@ def judge_run(judge: str = typer.Option("mini", help=JUDGE_HELP), model: Optiona
     from emlab.misaligned import RUBRIC_FAMILIES
     from emlab.store import open_existing
 
-    if rubrics not in RUBRIC_FAMILIES:
-        fail(f"--rubrics: '{rubrics}' is not {' or '.join(RUBRIC_FAMILIES)}")
     j = make_judge(judge, model, base_url, api_key_env, delimit, rubrics)
     with open_existing(project) as store:
         judge_stage(store, j, [{"suite": suite} if suite else {}], RUBRIC_FAMILIES[rubrics], console=console)

@@ -178,13 +178,7 @@ def aggregate_0_100(probs: dict[str, float]) -> tuple[float | None, str | None]:
             weighted += p * k
     if total >= MIN_NUMERIC_MASS:
         return weighted / total, None
-    escape = {"CODE": 0.0, "REFUSAL": 0.0}
-    for token, p in probs.items():
-        t = token.strip().upper()
-        for word in escape:
-            # Tokenizers may split the word: count a prefix of at least 3 characters.
-            if len(t) >= 3 and word.startswith(t):
-                escape[word] += p
+    escape = _word_mass(probs, ("CODE", "REFUSAL"))  # no 3-character prefix starts both: never shared
     best = max(escape, key=escape.get)
     if escape[best] > total and escape[best] > 0:
         return None, best
