@@ -19,6 +19,12 @@ os.environ.setdefault("EMLAB_DATA_DIR", str((REPO / ".." / "shared" / "data").re
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# Property tests draw the same examples on every run and machine (no chance failures on a fresh clone).
+from hypothesis import settings  # noqa: E402
+
+settings.register_profile("emlab", derandomize=True, deadline=None)
+settings.load_profile("emlab")
+
 DATA = Path(os.environ["EMLAB_DATA_DIR"]).resolve()
 ARTIFACTS = REPO / "test-artifacts"
 
