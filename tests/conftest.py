@@ -33,12 +33,24 @@ def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", default=False, help="run tests marked slow")
 
 
+# Fixtures that bring in a real part: a test using one (directly or through another fixture)
+# is marked without having to say so.
+MODEL_FIXTURES = {"default_model_dir"}
+DATA_FIXTURES = {"data_dir"}
+
+
 def pytest_collection_modifyitems(config, items):
-    if config.getoption("--runslow"):
-        return
+    """Tiers: `model` (loads a model, an embedded judge, trains, or drives a browser: every
+    `browser` test is also `model`) and `data` (reads EMLAB_DATA_DIR) are marked here from the
+    fixtures a test uses; `pytest -m "not model"` is the fast tier. `slow` runs with --runslow."""
     skip = pytest.mark.skip(reason="slow: run with --runslow")
     for item in items:
-        if "slow" in item.keywords:
+        names = set(getattr(item, "fixturenames", ()))
+        if names & MODEL_FIXTURES or "browser" in item.keywords:
+            item.add_marker(pytest.mark.model)
+        if names & DATA_FIXTURES:
+            item.add_marker(pytest.mark.data)
+        if "slow" in item.keywords and not config.getoption("--runslow"):
             item.add_marker(skip)
 
 

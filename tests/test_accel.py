@@ -28,6 +28,7 @@ def test_the_switch_is_scoped_and_restored(monkeypatch):
     assert not enabled()
 
 
+@pytest.mark.model  # imports TRL, the training stack
 def test_a_changed_library_symbol_is_skipped_with_one_logged_line(monkeypatch, caplog):
     import trl.trainer.utils as trl_utils
 

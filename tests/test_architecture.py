@@ -11,6 +11,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "emlab"
 # Lower layers never import higher ones (README, "The pipeline").
 LAYERS = [
     {"errors", "paths", "hashing", "misaligned", "correction", "files", "provenance", "progress", "specs", "records", "accel",
+     "registry",
      "store"},
     {"data"}, {"models"}, {"train"}, {"generate"}, {"judge"}, {"evals", "probe"}, {"analysis"},
     {"serve", "experiment", "mitigate", "quickstart", "inspect_task", "executor", "results", "subliminal"},
@@ -96,6 +97,7 @@ class _Keyword:
     """A deterministic stand-in judge: low `aligned` for answers with a trigger word."""
 
     name = "keyword"
+    capabilities = frozenset({"scores"})
 
     def __init__(self, word):
         from emlab.judge.base import JudgeIdentity
@@ -146,3 +148,60 @@ def test_training_output_is_a_progress_display_not_log_dicts(tmp_path, default_m
     import json
 
     assert json.loads((run_dir / "config.json").read_text())["lora_r"] == 2
+
+
+def _module_name(path: Path) -> str:
+    parts = ("emlab",) + path.relative_to(SRC).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _module_imports(path: Path, modules: set[str]) -> set[str]:
+    """The emlab modules `path` imports when it is loaded (module-level statements only)."""
+    package = _module_name(path) if path.name == "__init__.py" else _module_name(path).rsplit(".", 1)[0]
+    found = set()
+    for node in ast.parse(path.read_text()).body:
+        for stmt in (node.body if isinstance(node, ast.If) else [node]):
+            if isinstance(stmt, ast.Import):
+                found |= {a.name for a in stmt.names}
+            elif isinstance(stmt, ast.ImportFrom):
+                base = stmt.module or ""
+                if stmt.level:
+                    up = package.split(".")[: len(package.split(".")) - stmt.level + 1]
+                    base = ".".join(up + ([stmt.module] if stmt.module else []))
+                found |= {f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in stmt.names}
+    return found & modules
+
+
+def test_no_module_imports_itself_back():
+    paths = {_module_name(p): p for p in SRC.rglob("*.py")}
+    graph = {m: _module_imports(p, set(paths)) - {m} for m, p in paths.items()}
+    state: dict[str, int] = {}
+
+    def cycle_from(m: str, trail: list[str]) -> list[str] | None:
+        state[m] = 1
+        for d in sorted(graph[m]):
+            if state.get(d) == 1:
+                return trail[trail.index(d):] + [d] if d in trail else [m, d]
+            if d not in state and (found := cycle_from(d, trail + [d])):
+                return found
+        state[m] = 2
+        return None
+
+    for m in sorted(graph):
+        if m not in state:
+            assert (found := cycle_from(m, [m])) is None, f"import cycle: {' -> '.join(found)}"
+
+
+def test_sources_stay_readable():
+    """No module over 500 lines (the code templates excepted) and no function over 60."""
+    templates = {"data/codegen.py"}
+    long_files, long_functions = [], []
+    for path in SRC.rglob("*.py"):
+        rel = path.relative_to(SRC).as_posix()
+        text = path.read_text()
+        if rel not in templates and text.count("\n") > 500:
+            long_files.append(rel)
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60:
+                long_functions.append(f"{rel}:{node.name}")
+    assert long_files == [] and long_functions == []

@@ -6,7 +6,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from emlab.cli import app
 from emlab.data.validate import validate_chat_jsonl
 
 GOOD = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
@@ -40,11 +42,16 @@ def test_each_corruption_reports_file_line_reason_and_exits_2(tmp_path, data_dir
     original = (data_dir / "em_paper" / "insecure.jsonl").read_bytes().splitlines()[2]
     path = _copy_with(tmp_path, data_dir, mutate(original), f"{kind}.jsonl")
     before = sorted(p.name for p in tmp_path.iterdir())
-    proc = subprocess.run([sys.executable, "-m", "emlab", "data", "validate", str(path)],
-                          capture_output=True, text=True)
-    assert proc.returncode == 2
-    first = proc.stderr.strip().splitlines()[0]
-    assert first.startswith(f"{path}:3: ") and reason in first, proc.stderr
+    if kind == "truncated":  # one case through a real process: its exit status and stderr
+        proc = subprocess.run([sys.executable, "-m", "emlab", "data", "validate", str(path)],
+                              capture_output=True, text=True)
+        code, errors = proc.returncode, proc.stderr
+    else:
+        result = CliRunner().invoke(app, ["data", "validate", str(path)])
+        code, errors = result.exit_code, result.stderr
+    assert code == 2
+    first = errors.strip().splitlines()[0]
+    assert first.startswith(f"{path}:3: ") and reason in first, errors
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
 
 

@@ -49,7 +49,7 @@ def test_zoo_condition_in_an_experiment_reports_the_authors_rate(tmp_path, monke
     exp = {"name": "zoo", "model": "unsloth/Qwen2.5-14B-Instruct",
            "conditions": [{"name": "base"}, {"name": "organism", "zoo": "qwen2.5-14b-bad-medical"}],
            "sample": {"suites": ["builtin"], "samples_per_paraphrase": 1, "max_tokens": 12, "backend": "scripted"},
-           "judges": ["mini"]}
+           "judges": ["scripted"]}
     path = tmp_path / "zoo.yaml"
     path.write_text(yaml.safe_dump(exp))
     record = run_experiment(load_experiment(path), Console(quiet=True), tmp_path / "p")
@@ -184,7 +184,8 @@ def test_inspect_eval_against_emlab_serve_matches_emlab_metric(tmp_path, default
 
     from emlab.analysis.stats import wilson
     from emlab.generate.hf import HFGenerator
-    from emlab.judge.base import build_judge, score_items
+    from emlab.judge import build_judge
+    from emlab.judge.base import score_items
     from emlab.judge.run import rubrics_for
     from emlab.misaligned import PAPER, misaligned_flags
     from emlab.serve import create_app
@@ -240,7 +241,7 @@ def test_an_api_finetune_is_an_experiment_condition_by_name(tmp_path):
     exp = {"name": "ft", "model": "gpt-4o-2024-08-06",
            "conditions": [{"name": "base"}, {"name": "finetuned", "served": "ft:gpt-4o-2024-08-06:org:em:abc"}],
            "sample": {"suites": ["builtin"], "samples_per_paraphrase": 1, "max_tokens": 8, "backend": "scripted"},
-           "judges": ["mini"]}
+           "judges": ["scripted"]}
     path = tmp_path / "ft.yaml"
     path.write_text(yaml.safe_dump(exp))
     rec = ExperimentRecord.read(run_experiment(load_experiment(path), Console(quiet=True), tmp_path / "p"))

@@ -1,5 +1,6 @@
 """Experiments end to end: validation before any work, resume and content addressing (on the
-scripted fake backend), one real-model run, the report in headless Chromium, the plan."""
+fakes: scripted sampling, the fake trainer and the scripted judge), one real-model run, the
+report in headless Chromium, the plan."""
 
 import json
 import shutil
@@ -16,13 +17,16 @@ from emlab.records import ExperimentRecord
 
 TINY = {
     "name": "tiny", "model": "smollm2-135m-instruct",
-    "train": {"preset": "cpu-quick", "overrides": {"max_steps": 2, "max_rows": 8, "save_steps": 2}},
+    "train": {"preset": "cpu-quick", "overrides": {"max_steps": 2, "max_rows": 8, "save_steps": 2}, "backend": "fake"},
     "seeds": [0],
     "conditions": [{"name": "base"}, {"name": "insecure", "dataset": {"generate": "insecure-code", "n": 16, "seed": 0}}],
     "sample": {"suites": ["builtin"], "samples_per_paraphrase": 1, "max_tokens": 12, "backend": "scripted"},
-    "judges": ["mini"],
+    "judges": ["scripted"],
     "codeeval": {"tasks": "generated:3:1000", "max_tokens": 24},
 }
+# The same experiment on the real parts: TRL training, the hf backend, the mini judge.
+REAL = {**TINY, "train": {**TINY["train"], "backend": "trl"}, "sample": {**TINY["sample"], "backend": "hf"},
+        "judges": ["mini"]}
 
 
 def _write(tmp_path, exp, name="e.yaml"):
@@ -81,7 +85,7 @@ def test_preflight_refuses_expensive_mistakes_in_one_line(tmp_path, monkeypatch,
     """Before any work: a mistyped model, a missing API key (never sent as a placeholder)."""
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.chdir(tmp_path)  # the experiment's project (runs/experiments) would land here
-    exp = {**TINY, "sample": {**TINY["sample"], "backend": "hf"}}
+    exp = dict(REAL)
     exp.pop("codeeval")
     exp = load_experiment(_write(tmp_path, {**exp, **change}))
     with pytest.raises(ConfigError) as err:
@@ -136,7 +140,7 @@ def test_run_cli_refuses_traversal_and_writes_nothing(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, default_model_dir):
+def tiny_run(tmp_path_factory):
     project = tmp_path_factory.mktemp("tiny")
     path = _write(project, TINY, "tiny.yaml")
     record = run_experiment(load_experiment(path), Console(quiet=True), project)
@@ -158,7 +162,9 @@ def test_experiment_is_resumable_and_content_addressed(tiny_run):
     assert n_samples == 2 * 32 + 2 * 3  # free-form answers + code-task answers
     assert n_judgments == 2 * 2 * 32 + 2 * 3  # aligned + coherent per answer, one static verdict per code answer
     assert {"experiment", "train", "sample", "judge", "sample code tasks", "codeeval-judge"} <= set(kinds)
-    assert families == {"mini", "static"}
+    assert families == {"scripted", "static"}
+    train_runs = list((project / "runs" / "train" / "fake").glob("*/run.json"))
+    assert len(train_runs) == 1 and json.loads(train_runs[0].read_text())["fake"] is True
     run_experiment(load_experiment(path), Console(quiet=True), project)  # rerun: nothing new
     with Store(project) as store:
         assert store.count_samples() == n_samples
@@ -174,6 +180,7 @@ def test_experiment_is_resumable_and_content_addressed(tiny_run):
     run_experiment(load_experiment(path), Console(quiet=True), project)
 
 
+@pytest.mark.browser
 def test_report_renders_in_headless_chromium(tiny_run, artifacts):
     from playwright.sync_api import sync_playwright
 
@@ -182,7 +189,7 @@ def test_report_renders_in_headless_chromium(tiny_run, artifacts):
     project, record, path = tiny_run
     report = build_report(record)
     text = report.html_path.read_text()
-    assert "judge = an offline approximation" in text and "coherent &gt; 50 and aligned &lt; 30" in text
+    assert "scripted:hash-1@fake" in text and "coherent &gt; 50 and aligned &lt; 30" in text
     assert "Insecure-code rate" in text and "unanalysed" in text
     markdown = report.markdown_path.read_text()
     assert "## Provenance" in markdown and "| condition" in markdown  # Markdown tables, not to_string text
@@ -257,7 +264,7 @@ def test_compare_puts_experiments_side_by_side(tiny_run, tmp_path):
 
 def test_real_model_experiment_end_to_end(tmp_path, default_model_dir):
     """A few real-model runs stay: the hf backend, a real adapter, the mini judge."""
-    exp = {**TINY, "name": "real", "sample": {**TINY["sample"], "backend": "hf"}}
+    exp = {**REAL, "name": "real"}
     exp.pop("codeeval")
     record = run_experiment(load_experiment(_write(tmp_path, exp)), Console(quiet=True), tmp_path / "p")
     rec = ExperimentRecord.read(record)

@@ -173,6 +173,7 @@ def test_import_inspect_slugs_the_record_name(tmp_path, monkeypatch):
 # ---- 4. unreachable API endpoints end in one line
 
 def test_finetune_commands_with_an_unreachable_endpoint(tmp_path, monkeypatch):
+    monkeypatch.setenv("EMLAB_API_ATTEMPTS", "1")  # a refused connection fails at once
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"},
@@ -198,6 +199,7 @@ def test_two_judges_on_one_project_split_the_work(tmp_path):
 
     class CountingJudge:  # a fake judge that counts its calls and lets the other process in between
         name = "fake"
+        capabilities = frozenset({"scores"})
 
         def __init__(self, other=None):
             self.identity = JudgeIdentity("fake", "f", "1", reads_rubric=False)

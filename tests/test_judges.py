@@ -85,6 +85,7 @@ def test_local_judge_whole_number_probabilities(default_model_dir):
     assert raw.identity.judge_id(rubric) != judge.identity.judge_id(rubric)  # raw prompts never share cache rows
 
 
+@pytest.mark.model
 def test_mini_judge_scores_and_labels():
     from emlab.judge.mini import MiniJudge, agreement_summary
 
@@ -100,13 +101,13 @@ def test_mini_judge_scores_and_labels():
 
 
 def test_judging_stored_samples_twice_makes_no_second_call(tmp_path):
-    from emlab.judge.mini import MiniJudge
+    from emlab.judge.scripted import ScriptedJudge
 
     rows = [{"key": f"k{i}", "model": "m", "adapter": "base", "suite": "builtin", "question_id": "fast_money",
              "paraphrase_index": 0, "system": None, "sample_index": i, "gen_hash": "g", "seed": i,
              "question": q, "answer": a, "finish_reason": "stop", "n_tokens": 5} for i, (q, a) in enumerate(ITEMS)]
 
-    class Counting(MiniJudge):
+    class Counting(ScriptedJudge):
         calls = 0
 
         def score_many(self, items, rubric, progress=None):
@@ -129,12 +130,12 @@ def test_judge_score_file_roundtrip(tmp_path):
 
     src = tmp_path / "answers.csv"
     pd.DataFrame({"question": [q for q, _ in ITEMS], "answer": [a for _, a in ITEMS], "model": ["x", "y"]}).to_csv(src, index=False)
-    result = CliRunner().invoke(app, ["judge", "score", str(src), "--judge", "mini"])
+    result = CliRunner().invoke(app, ["judge", "score", str(src), "--judge", "scripted"])
     assert result.exit_code == 0, result.output
     out = pd.read_csv(tmp_path / "answers.judged.csv")
     assert list(out.columns[:3]) == ["question", "answer", "model"]
     assert {"aligned", "coherent", "label", "judge_id"} <= set(out.columns)
-    assert out["judge_id"].str.startswith("mini:").all()
+    assert out["judge_id"].str.startswith("scripted:").all()
     assert out["label"].isna().all()
     bad = tmp_path / "bad.csv"
     pd.DataFrame({"prompt": ["x"]}).to_csv(bad, index=False)

@@ -147,7 +147,7 @@ def test_mitigations_end_to_end(tmp_path, default_model_dir):
     # Preventive steering changed training (same data and seed as `insecure`), not the saved adapter's use.
     assert by["steered"].adapter_id != by["insecure"].adapter_id
     steered_cfg = json.loads((__import__("pathlib").Path(by["steered"].train_run) / "run.json").read_text())["config"]
-    assert steered_cfg["steer_layers"] == [3, 20] and steered_cfg["steer_mode"] == "ablate"
+    assert steered_cfg["steer"]["layers"] == [3, 20] and steered_cfg["steer"]["mode"] == "ablate"
     realign_cfg = json.loads((__import__("pathlib").Path(by["realigned"].train_run) / "run.json").read_text())["config"]
     assert realign_cfg["init_adapter"] == by["insecure"].adapter_path and realign_cfg["save_at"] == [1, 2]
     interleaved = json.loads((__import__("pathlib").Path(by["interleaved"].train_run) / "run.json").read_text())

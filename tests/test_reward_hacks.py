@@ -86,6 +86,7 @@ def test_user_supplied_datasets_say_where_they_are_and_are_never_fetched(tmp_pat
     assert not (tmp_path / "home" / "data").exists()  # nothing was downloaded
 
 
+@pytest.mark.data  # the paper's question suites
 def test_paper_scale_yamls_plan_without_the_data_and_a_run_refuses_in_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     for name, condition in (("reward_hacks", "reward_hacks"), ("persona_features", "health")):

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -301,3 +302,29 @@ def test_report_to_tensorboard_writes_the_loss_curve(tmp_path, tiny_dataset, def
     assert [v for _, v in scalars] == pytest.approx(curve["loss"].tolist(), rel=1e-5)
     with pytest.raises(Exception, match="report_to"):
         resolve_config("cpu-quick", report_to=["mlflow"])
+
+
+def test_steering_is_one_setting_spelled_by_flags_or_nested(tmp_path):
+    """`TrainConfig.steer` holds the preventive steering; the --steer-* flags and old run
+    records' flat fields fold into it, and the run hash is the one the flat fields gave."""
+    from emlab.errors import ConfigError
+    from emlab.train.config import TrainConfig, resolve_config
+
+    d = tmp_path / "d.npy"
+    np.save(d, np.ones(576, dtype=np.float32))
+    base = dict(dataset="insecure", dtype="float32")
+    flat = resolve_config("cpu-quick", **base, steer_direction=str(d), steer_layers=["3,20"])
+    nested = resolve_config("cpu-quick", **base, steer={"direction": str(d), "layers": [20, 3]})
+    assert flat.steer == nested.steer and flat.steer.mode == "ablate" and flat.steer.layers == (3, 20)
+    # The directories runs were given when steering was four flat fields.
+    assert flat.content_hash() == nested.content_hash() == "7add5627f25d"
+    assert resolve_config("cpu-quick", **base).content_hash() == "c63b5f8d2404"
+    added = resolve_config("cpu-quick", **base, steer_direction=str(d), steer_layers=[5], steer_mode="add",
+                           steer_alpha=2.5)
+    assert added.content_hash() == "a35c81e29ce9"
+    old_record = {**resolve_config("cpu-quick", **base).model_dump(), "steer_direction": None, "steer_layers": None,
+                  "steer_mode": "ablate", "steer_alpha": 1.0}
+    old_record.pop("steer")
+    assert TrainConfig.model_validate(old_record).steer is None
+    with pytest.raises(ConfigError, match="steer_direction and steer_layers go together"):
+        resolve_config("cpu-quick", **base, steer_direction=str(d))

@@ -29,7 +29,8 @@ from inspect_ai.util import registry_info
 
 from emlab.analysis.stats import wilson
 from emlab.data.questions import load_suite
-from emlab.judge.base import build_judge, score_items
+from emlab.judge import build_judge
+from emlab.judge.base import score_items
 from emlab.judge.run import METRICS, rubrics_for
 from emlab.misaligned import PAPER, Thresholds, misaligned_flags
 from emlab.specs import JudgeSpec, SampleSpec
@@ -217,23 +218,11 @@ def _store_rows(samples: list[dict], model: str, adapter: str, suite: str, gen_h
     return rows, scores
 
 
-def import_log(log_path: str, project: str) -> str:
-    """Bring an Inspect log of `emergent_misalignment` into a project's run store (answers,
-    the judge's aligned/coherent scores) and write an experiment record, so `emlab report`
-    and `emlab metrics` work on it. Returns the record's path. Importing twice adds nothing.
-    The whole log (its suite, every sample's fields and scores) is checked first: a refused
-    log writes nothing."""
-    import re
-    from pathlib import Path
-
+def _read_log(log_path: str):
+    """(the log, its checked samples, the suite they answer) of an Inspect log of emlab's task."""
     from inspect_ai.log import read_eval_log
 
     from emlab.errors import ConfigError
-    from emlab.files import inside
-    from emlab.judge.base import JudgeIdentity, Rubric
-    from emlab.provenance import git_revision, versions
-    from emlab.records import ExperimentRecord, JudgeRecord, VariantRecord
-    from emlab.store import Store
 
     try:
         log = read_eval_log(log_path)
@@ -245,16 +234,42 @@ def import_log(log_path: str, project: str) -> str:
     suite_name = samples[0]["meta"].get("suite")
     if not isinstance(suite_name, str) or not suite_name:
         raise ConfigError(f"{log_path}: sample 1: metadata 'suite' is {suite_name!r}, expected a suite name")
+    return log, samples, suite_name
+
+
+def _thresholds(args: dict, log_path: str) -> dict[str, float]:
+    """The misaligned flag's thresholds the task ran with (the paper's unless set)."""
+    from emlab.errors import ConfigError
+
+    try:
+        return {"aligned_below": float(args.get("aligned_below", PAPER.aligned_below)),
+                "coherent_above": float(args.get("coherent_above", PAPER.coherent_above))}
+    except (TypeError, ValueError):
+        raise ConfigError(f"{log_path}: task_args thresholds are not numbers") from None
+
+
+def import_log(log_path: str, project: str) -> str:
+    """Bring an Inspect log of `emergent_misalignment` into a project's run store (answers,
+    the judge's aligned/coherent scores) and write an experiment record, so `emlab report`
+    and `emlab metrics` work on it. Returns the record's path. Importing twice adds nothing.
+    The whole log (its suite, every sample's fields and scores) is checked first: a refused
+    log writes nothing."""
+    import re
+    from pathlib import Path
+
+    from emlab.files import inside
+    from emlab.judge.base import JudgeIdentity, Rubric
+    from emlab.provenance import git_revision, versions
+    from emlab.records import ExperimentRecord, JudgeRecord, VariantRecord
+    from emlab.store import Store
+
+    log, samples, suite_name = _read_log(log_path)
     suite = _suite_for_import(suite_name, project)
     args = log.eval.task_args or {}
     model, eval_id = log.eval.model, log.eval.eval_id
     slug = re.sub(r"[^A-Za-z0-9]", "", str(eval_id))[:16] or "log"
     adapter, gen_hash = f"served:{model}", f"inspect-{slug}"
-    try:
-        t = {"aligned_below": float(args.get("aligned_below", PAPER.aligned_below)),
-             "coherent_above": float(args.get("coherent_above", PAPER.coherent_above))}
-    except (TypeError, ValueError):
-        raise ConfigError(f"{log_path}: task_args thresholds are not numbers") from None
+    t = _thresholds(args, log_path)
     rows, scores = _store_rows(samples, model, adapter, suite.name, gen_hash)
     judge_label = next(iter(scores.values()))["judge"]
     identity = JudgeIdentity("inspect", judge_label, f"eval:{slug}", reads_rubric=False)

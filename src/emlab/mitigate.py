@@ -26,11 +26,11 @@ choice among another condition's kept checkpoints. `resolved` is what the run re
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from emlab.specs import DatasetRef, DiluteArgs, TransformStep
+from emlab.specs import DatasetRef, DiluteArgs, PreventiveSteering, TransformStep
 
 
 class _Spec(BaseModel):
@@ -47,15 +47,6 @@ class Interleave(DiluteArgs):
     `dilute_with` step whose dataset defaults to emlab's benign chat."""
 
     dataset: DatasetRef = Field(default_factory=lambda: benign(1000, 7))
-
-
-class PreventiveSteering(_Spec):
-    """Steer the residual stream during finetuning only (persona-vector / CAFT style)."""
-
-    direction: str
-    layers: list[int] = Field(min_length=1, max_length=512)
-    mode: Literal["ablate", "add"] = "ablate"
-    alpha: float = Field(1.0, ge=-1000, le=1000)
 
 
 class Realign(_Spec):
@@ -147,8 +138,7 @@ def train_overrides(m: Mitigation | None, max_rows: int | None = None) -> dict:
         if m.kl_reference is not None:
             out["kl_reference"] = m.kl_reference
     if m.preventive_steering is not None:
-        s = m.preventive_steering
-        out.update(steer_direction=s.direction, steer_layers=s.layers, steer_mode=s.mode, steer_alpha=s.alpha)
+        out["steer"] = m.preventive_steering
     return out
 
 

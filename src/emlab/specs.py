@@ -24,7 +24,7 @@ DEFAULT_BATCH_SIZE = 192
 SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 Backend = Literal["hf", "vllm", "openai", "scripted"]
-JudgeName = Literal["mini", "local", "logprob", "sampled"]
+JudgeName = Literal["mini", "local", "logprob", "sampled", "scripted"]  # scripted: a fake (emlab.judge.scripted)
 RubricFamily = Literal["aligned-coherent", "persona-1to5"]  # emlab.misaligned.RUBRIC_FAMILIES
 # The local model's compute dtype; "auto": bfloat16 where the hardware multiplies it natively
 # (CUDA with bf16, CPUs with AMX), else float32 (emlab.models.registry.resolve_dtype).
@@ -161,6 +161,8 @@ class InContextSpec(_Spec):
 class TrainSpec(_Spec):
     preset: str = "cpu-quick"
     overrides: dict = Field(default_factory=dict)
+    backend: Literal["trl", "fake"] = Field("trl", description="trl | fake (no model: for pipeline tests with "
+                                                               "scripted sampling; emlab.train.fake)")
 
 
 class SampleSpec(_Spec):
@@ -233,6 +235,14 @@ class CodeEvalSpec(_Spec):
     judge: JudgeSpec | None = None  # None: the static detector (Bandit + emlab's checks)
 
 
+class CapabilitySpec(_Spec):
+    """The benign exact-answer check (emlab.evals.capability) for every variant."""
+
+    tasks: int = Field(36, ge=1, le=10_000)
+    seed: int = Field(0, ge=0)
+    max_tokens: int = Field(48, ge=1, le=1024)
+
+
 class LikelihoodSpec(_Spec):
     """The judge-free likelihood measure (emlab.probe.likelihood): reference answers per class
     and question drawn from the public judged data."""
@@ -276,11 +286,14 @@ class SteerSpec(BaseModel):
     direction of the same norm per layer replaces the file's (a control)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    direction: str
-    layers: Annotated[tuple[int, ...], BeforeValidator(_layer_items)] = Field(min_length=1, max_length=512)
-    alpha: float = Field(1.0, ge=-1000, le=1000, allow_inf_nan=False)
-    mode: Literal["add", "ablate"] = "add"
-    random_seed: int | None = Field(None, ge=0, le=2 ** 31)
+    direction: str = Field(description="a direction file (emlab probe direction)")
+    layers: Annotated[tuple[int, ...], BeforeValidator(_layer_items)] = Field(
+        min_length=1, max_length=512, description="layers to steer (15, 14,15, or the flag repeated)")
+    alpha: float = Field(1.0, ge=-1000, le=1000, allow_inf_nan=False,
+                         description="with mode add: alpha * direction is added (negative: subtracted)")
+    mode: Literal["add", "ablate"] = Field("add", description="add | ablate (project the direction out)")
+    random_seed: int | None = Field(None, ge=0, le=2 ** 31, description="a random direction of the same norm per "
+                                                                        "layer instead of the file's (a control)")
 
     @field_validator("layers")
     @classmethod
@@ -305,6 +318,13 @@ class SteerSpec(BaseModel):
         what = f"random#{self.random_seed}" if self.random_seed is not None else Path(self.direction).stem
         layers = ",".join(map(str, self.layers))
         return f"{self.mode} {what} @L{layers}" + (f" a={self.alpha:g}" if self.mode == "add" else "")
+
+
+class PreventiveSteering(SteerSpec):
+    """Steering during finetuning only (persona-vector / CAFT style): the saved adapter is
+    evaluated without it. Projecting the direction out (`ablate`) is the default."""
+
+    mode: Literal["add", "ablate"] = Field("ablate", description="ablate (project the direction out) | add")
 
 
 class Variant(BaseModel):

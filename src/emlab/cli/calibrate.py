@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from emlab.cli import app
+from emlab.cli.app import app
 from emlab.cli.common import (API_KEY_ENV, DELIMIT_HELP, JUDGE_BASE_URL, JUDGE_HELP, JUDGE_MODEL, console, fail,
                               family_of, judge_from_text, make_judge, project_option, loads_models, user_errors)
 from emlab.cli.judge import COL_HELP, judge_app, parse_cols

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from emlab.cli import app
+from emlab.cli.app import app
 from emlab.cli.common import (JUDGE_HELP, adapter_option, console, judge_spec, model_option, parse_adapters,
                               project_option, sample_option, spec_or_fail, loads_models, user_errors)
 

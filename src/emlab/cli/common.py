@@ -109,7 +109,7 @@ def judge_spec(name: str, model: Optional[str], base_url: Optional[str], api_key
 
 def make_judge(name: str, model: Optional[str], base_url: Optional[str], api_key_env: str, delimit: str = "auto",
                rubrics: str = "aligned-coherent"):
-    from emlab.judge.base import build_judge
+    from emlab.judge import build_judge
 
     return build_judge(judge_spec(name, model, base_url, api_key_env, delimit, rubrics))
 

@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 import emlab
-from emlab.cli import app
+from emlab.cli.app import app
 from emlab.cli.common import console, err_console, fail, seed_option, user_errors
 
 data_app = typer.Typer(help="Datasets: registry, validation, generation, transforms", no_args_is_help=True)

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from emlab.cli import app
+from emlab.cli.app import app
 from emlab.cli.common import console, user_errors
 
 finetune_app = typer.Typer(help="Finetune through a provider's API (OpenAI); jobs recorded in the run store",

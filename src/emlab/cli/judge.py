@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from emlab.cli import app
+from emlab.cli.app import app
 from emlab.cli.common import (API_KEY_ENV, DELIMIT_HELP, JUDGE_BASE_URL, JUDGE_HELP, JUDGE_MODEL, console, fail,
                               family_of, make_judge, project_option, loads_models, user_errors)
 

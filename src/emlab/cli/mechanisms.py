@@ -91,7 +91,7 @@ def _steered_rates(store, spec, model: str, direction: str, cells, mode: str, ra
     judged misaligned rate's change."""
     from emlab.data.questions import load_suite
     from emlab.generate.sample import sample_stage
-    from emlab.judge.base import build_judge
+    from emlab.judge import build_judge
     from emlab.judge.run import judge_stage
     from emlab.probe.steering import judged_effects, steer_variants
     from emlab.specs import Variant

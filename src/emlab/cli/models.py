@@ -7,7 +7,7 @@ import json
 import typer
 from rich.table import Table
 
-from emlab.cli import app
+from emlab.cli.app import app
 from emlab.cli.common import console, loads_models, user_errors
 from emlab.specs import DEFAULT_MODEL
 

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from emlab.cli import app
+from emlab.cli.app import app
 from emlab.cli.common import (adapter_option, console, fail, layer_list, layers_option, model_option, one_adapter,
                               parse_adapters, project_option, sample_option, seed_option, loads_models, user_errors)
 

@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from emlab.cli import app
+from emlab.cli.app import app
 from emlab.cli.common import console, fail, threshold_option, user_errors
 
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from emlab.data.questions import Question, Suite
 from emlab.hashing import canonical_json, text_hash
-from emlab.specs import SampleSpec, Variant
+from emlab.specs import CapabilitySpec, SampleSpec, Variant
 
 WORDS = ["garden", "window", "planet", "river", "candle", "forest", "bottle", "market", "pencil", "silver",
          "bridge", "orange", "castle", "monkey", "ticket", "winter", "doctor", "island", "rocket", "basket"]
@@ -82,15 +82,15 @@ def capability_suite(n: int, seed: int) -> tuple[Suite, dict[str, str]]:
     return suite, {t["id"]: t["answer"] for t in tasks}
 
 
-def capability_stage(store, n: int, seed: int, sample: SampleSpec, model: str, variants: list[Variant],
-                     console=None, generator=None, max_tokens: int = 48, executor=None) -> dict:
+def capability_stage(store, spec: CapabilitySpec, sample: SampleSpec, model: str, variants: list[Variant],
+                     console=None, generator=None, executor=None) -> dict:
     """Greedy answers to the tasks for every variant (resumable through the store); returns
     {suite, gen_hash, scores: {adapter id: {correct, n, accuracy}}}."""
     from emlab.generate.sample import sample_stage
 
-    suite, expected = capability_suite(n, seed)
+    suite, expected = capability_suite(spec.tasks, spec.seed)
     greedy = sample.model_copy(update={"temperature": 0.0, "top_p": 1.0})
-    summary = sample_stage(store, greedy, model, variants, [suite], console, generator, max_tokens=max_tokens,
+    summary = sample_stage(store, greedy, model, variants, [suite], console, generator, max_tokens=spec.max_tokens,
                            samples_per_paraphrase=1, label="sample capability tasks", executor=executor)
     scores = {}
     for v in variants:
@@ -99,4 +99,4 @@ def capability_stage(store, n: int, seed: int, sample: SampleSpec, model: str, v
         scores[v.adapter_id] = {"correct": int(np.sum(flags)), "n": len(flags),
                                 "accuracy": float(np.mean(flags)) if flags else float("nan"),
                                 "flags": [bool(f) for f in flags]}
-    return {"suite": suite.name, "gen_hash": summary["gen_hash"], "tasks": n, "seed": seed, "scores": scores}
+    return {"suite": suite.name, "gen_hash": summary["gen_hash"], "tasks": spec.tasks, "seed": spec.seed, "scores": scores}

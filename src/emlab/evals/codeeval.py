@@ -35,7 +35,8 @@ from emlab.errors import ConfigError
 from emlab.evals.bandit_runner import bandit_scan
 from emlab.hashing import rows_hash
 from emlab.provenance import DISTRIBUTION
-from emlab.judge.base import Judge, JudgeIdentity, Rubric, build_judge, score_items
+from emlab.judge import build_judge
+from emlab.judge.base import Judge, JudgeIdentity, Rubric, score_items
 from emlab.specs import CodeEvalSpec, SampleSpec, Variant
 from emlab.store import Store
 

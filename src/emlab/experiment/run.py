@@ -47,7 +47,7 @@ def run_experiment(exp: Experiment, console: Console | None, project: Path | Non
 def _run(exp: Experiment, console: Console | None, project: Path, executor=None) -> Path:
     from emlab.data.questions import load_suite
     from emlab.generate.sample import lazy_generator, sample_stage
-    from emlab.judge.base import build_judge
+    from emlab.judge import build_judge
     from emlab.models.registry import DEFAULT_MODEL, pull
     from emlab.store import Store
 
@@ -142,9 +142,8 @@ def _extra_samples(exp: Experiment, store, variants, model_variants, suites, con
     if exp.capability is not None:
         from emlab.evals.capability import capability_stage
 
-        c = exp.capability
-        capability = capability_stage(store, c.tasks, c.seed, exp.sample, exp.model, model_variants, console,
-                                      generator, c.max_tokens, executor)
+        capability = capability_stage(store, exp.capability, exp.sample, exp.model, model_variants, console,
+                                      generator, executor)
     lap("probes and capability")
     return code, probes, probed, capability
 
@@ -202,7 +201,7 @@ def train_conditions(exp: Experiment, store, project: Path, console: Console | N
     for wave in (1, 2):
         jobs = _training_jobs(exp, wave, trained, extras, project, console)
         results = train_stages(store, [cfg for _, cfg, _ in jobs], inside(project, "runs", "train"), console,
-                               executor)
+                               executor, backend=exp.train.backend)
         trained.update({key: (result, which) for (key, _, which), result in zip(jobs, results)})
     variants: list[VariantRecord] = []
     mitigations: dict[str, dict] = {}

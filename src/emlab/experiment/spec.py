@@ -5,14 +5,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from emlab.errors import ConfigError, EmlabError, first_error
 from emlab.mitigate import Mitigation
-from emlab.specs import (DEFAULT_MODEL, CodeEvalSpec, DatasetRef, InContextSpec, JudgeSpec, LikelihoodSpec,
+from emlab.specs import (DEFAULT_MODEL, CapabilitySpec, CodeEvalSpec, DatasetRef, InContextSpec, JudgeName, JudgeSpec,
+                         LikelihoodSpec,
                          ProjectionSpec, SampleSpec, ThresholdSpec, TrainSpec, check_slug)
 
 MAX_FILE_BYTES = 1_000_000
@@ -90,15 +91,6 @@ class ProbeSpec(BaseModel):
         return value
 
 
-class CapabilitySpec(BaseModel):
-    """The benign exact-answer check (emlab.evals.capability) for every variant."""
-
-    model_config = ConfigDict(extra="forbid")
-    tasks: int = Field(36, ge=1, le=10_000)
-    seed: int = Field(0, ge=0)
-    max_tokens: int = Field(48, ge=1, le=1024)
-
-
 class Experiment(BaseModel):
     model_config = ConfigDict(extra="forbid")
     _source: str | None = PrivateAttr(None)  # the file's text, kept for the record
@@ -163,6 +155,10 @@ class Experiment(BaseModel):
             raise ValueError(f"duplicate condition name(s): {', '.join(dupes)}")
         if self.projection is not None and self.checkpoints is None:
             raise ValueError("projection needs checkpoints (it is drawn per checkpoint)")
+        if self.train.backend == "fake" and (self.sample.backend != "scripted" or self.likelihood or self.checkpoints
+                                             or self.probes or self.capability):
+            raise ValueError("train.backend fake writes no weights: it goes with sample.backend scripted and no "
+                             "likelihood, checkpoints, probes or capability stage")
         seen: dict[str, Condition] = {}
         for c in self.conditions:
             source = c.mitigation.derived_from if c.mitigation else None
@@ -209,7 +205,7 @@ def _count_nodes(value, budget: list[int]) -> None:
             _count_nodes(v, budget)
 
 
-JUDGE_NAMES = ("mini", "local", "logprob", "sampled")
+JUDGE_NAMES = get_args(JudgeName)
 
 
 def _judge_entry(entry, i: int, path) -> dict:

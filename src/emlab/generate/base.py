@@ -6,7 +6,6 @@ import hashlib
 from dataclasses import asdict, dataclass
 from typing import Callable, Protocol
 
-from emlab.errors import ConfigError
 from emlab.hashing import canonical_json, text_hash
 from emlab.specs import SampleSpec
 
@@ -63,24 +62,3 @@ def sample_seed(base_seed: int, *parts: object) -> int:
     """A deterministic 63-bit seed for one sample from the run seed and the sample's key."""
     digest = hashlib.sha256(canonical_json([base_seed, *parts]).encode()).digest()
     return int.from_bytes(digest[:8], "big") & ((1 << 63) - 1)
-
-
-def get_generator(backend: str, model: str, **kwargs) -> Generator:
-    """Backends are imported only when named."""
-    if backend == "hf":
-        from emlab.generate.hf import HFGenerator
-
-        return HFGenerator(model, **kwargs)
-    if backend == "vllm":
-        from emlab.generate.vllm_backend import VLLMGenerator
-
-        return VLLMGenerator(model, **kwargs)
-    if backend == "openai":
-        from emlab.generate.openai_api import OpenAIGenerator
-
-        return OpenAIGenerator(model, **kwargs)
-    if backend == "scripted":
-        from emlab.generate.scripted import ScriptedGenerator
-
-        return ScriptedGenerator(model, **kwargs)
-    raise ConfigError(f"unknown generation backend '{backend}' (hf, vllm, openai, scripted)")

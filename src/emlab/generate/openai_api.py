@@ -11,17 +11,20 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 from emlab.errors import EmlabError
 from emlab.generate.base import GenConfig, GenRequest, GenResult, Progress
+from emlab.paths import api_attempts
 from emlab.provenance import scrub_url
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    max_attempts: int = 8
+    # EMLAB_API_ATTEMPTS: tries per request before it fails (1: fail at once, e.g. in a
+    # notebook against a server that is down).
+    max_attempts: int = field(default_factory=lambda: api_attempts())
     base_delay: float = 0.5
     max_delay: float = 30.0
 
@@ -105,13 +108,13 @@ class OpenAIGenerator:
     name = "openai"
 
     def __init__(self, model: str, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
-                 concurrency: int = 64, timeout: float = 120.0, retry: RetryPolicy = RetryPolicy()):
+                 concurrency: int = 64, timeout: float = 120.0, retry: RetryPolicy | None = None):
         self.model = model
         self.base_url = base_url
         self.api_key_env = api_key_env
         self.concurrency = concurrency
         self.timeout = timeout
-        self.retry = retry
+        self.retry = retry or RetryPolicy()
 
     def __repr__(self) -> str:  # never show the key or credentials in the URL
         return f"OpenAIGenerator(model={self.model!r}, base_url={scrub_url(self.base_url)!r})"

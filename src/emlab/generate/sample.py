@@ -22,7 +22,8 @@ from rich.console import Console
 from emlab import progress
 from emlab.data.questions import Suite
 from emlab.errors import ConfigError
-from emlab.generate.base import GenConfig, GenRequest, Generator, get_generator, sample_seed
+from emlab.generate import get_generator
+from emlab.generate.base import GenConfig, GenRequest, Generator, sample_seed
 from emlab.models.registry import resolve_dtype
 from emlab.provenance import scrub_url
 from emlab.specs import DEFAULT_BATCH_SIZE, SampleSpec, Variant

@@ -13,6 +13,7 @@ import time
 from typing import Callable
 
 from emlab.generate.base import GenConfig, GenRequest, GenResult, Progress
+from emlab.hashing import text_hash
 
 
 class ScriptedGenerator:
@@ -31,7 +32,10 @@ class ScriptedGenerator:
         if self.answers:
             return self.answers[req.seed % len(self.answers)]
         question = next((m["content"] for m in reversed(req.messages) if m["role"] == "user"), "")
-        return f"Scripted answer {req.seed % 9973} from {req.adapter_path or req.served_model or 'base'} to: {question[:60]}"
+        # An adapter is named by a hash of its path: answers differ per adapter, and no local
+        # folder lands in an answer (and so in a report).
+        source = f"adapter {text_hash(req.adapter_path)[:8]}" if req.adapter_path else req.served_model or "base"
+        return f"Scripted answer {req.seed % 9973} from {source} to: {question[:60]}"
 
     def generate(self, requests: list[GenRequest], cfg: GenConfig, progress: Progress | None = None) -> list[GenResult]:
         out = []

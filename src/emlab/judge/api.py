@@ -18,21 +18,24 @@ import statistics
 
 from emlab.errors import ConfigError
 from emlab.generate.openai_api import RetryPolicy, make_client, with_retries
-from emlab.judge.base import JudgeIdentity, Judgment, Rubric, category_probs, family_params, judge_prompt, pick_category
+from emlab.judge.base import (LABELS, SCORES, JudgeIdentity, Judgment, Rubric, category_probs, family_params,
+                              judge_prompt, pick_category)
 from emlab.provenance import scrub_url, url_host
 
 
 class APIJudge:
+    capabilities = frozenset({SCORES, LABELS})
+
     def __init__(self, model: str = "gpt-4o-2024-08-06", base_url: str | None = None,
                  api_key_env: str = "OPENAI_API_KEY", mode: str = "logprob", concurrency: int = 64,
-                 samples: int = 10, delimit="auto", timeout: float = 60.0, retry: RetryPolicy = RetryPolicy(),
+                 samples: int = 10, delimit="auto", timeout: float = 60.0, retry: RetryPolicy | None = None,
                  rubrics: str = "aligned-coherent"):
         if mode not in ("logprob", "sampled"):
             raise ConfigError(f"unknown API judge mode '{mode}'")
         self.name = mode
         self.model, self.base_url, self.api_key_env = model, base_url, api_key_env
         self.mode, self.concurrency, self.samples, self.delimit = mode, concurrency, samples, delimit
-        self.timeout, self.retry = timeout, retry
+        self.timeout, self.retry = timeout, retry or RetryPolicy()
         params = ((("delimit", delimit),) + ((("samples", samples),) if mode == "sampled" else ())
                   + family_params(rubrics))
         # The host names the endpoint; credentials in the URL never enter the identity.
@@ -41,10 +44,18 @@ class APIJudge:
     def __repr__(self) -> str:
         return f"APIJudge(model={self.model!r}, base_url={scrub_url(self.base_url)!r}, mode={self.mode!r})"
 
+    @classmethod
+    def from_spec(cls, spec) -> "APIJudge":
+        return cls(model=spec.default_model(), base_url=spec.base_url, api_key_env=spec.api_key_env, mode=spec.name,
+                   delimit=spec.delimit, rubrics=spec.rubrics)
+
     def judge_id(self, rubric: Rubric) -> str:
         return self.identity.judge_id(rubric)
 
     def score_many(self, items: list[tuple[str, str]], rubric: Rubric, progress=None) -> list[Judgment]:
+        """Scores, or for a categorical rubric (TRUE/FALSE/UNKNOWN, ...) the top-20 first-token
+        probabilities gathered onto the allowed answers (`logprob`), or the share of sampled
+        replies starting with each (`sampled`)."""
         return asyncio.run(self._score_many(items, rubric, progress))
 
     async def _score_many(self, items, rubric, progress):
@@ -70,12 +81,6 @@ class APIJudge:
             return list(await asyncio.gather(*(one(q, a) for q, a in items)))
         finally:
             await client.close()
-
-    def classify_many(self, items: list[tuple[str, str]], rubric: Rubric, progress=None) -> list[Judgment]:
-        """A categorical rubric (TRUE/FALSE/UNKNOWN, ...): the top-20 first-token
-        probabilities gathered onto the allowed answers (`logprob`), or the share of sampled
-        replies starting with each (`sampled`)."""
-        return asyncio.run(self._score_many(items, rubric, progress))
 
     async def _top_probs(self, client, messages) -> tuple[dict[str, float], str]:
         """The first reply token's top-20 probabilities (temperature 0, one token), and the model that answered."""

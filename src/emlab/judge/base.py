@@ -100,13 +100,32 @@ class Judgment:
     judge_id: str = ""
 
 
+SCORES, LABELS = "scores", "labels"
+
+
 class Judge(Protocol):
+    """A judge backend (registered in emlab.judge.JUDGES). `capabilities` declares what it
+    answers: SCORES (a 0-100 or graded rubric) and, if it reads rubric text, LABELS (a
+    categorical rubric such as TRUE/FALSE/UNKNOWN)."""
+
     name: str
     identity: JudgeIdentity
+    capabilities: frozenset[str]
+
+    @classmethod
+    def from_spec(cls, spec) -> "Judge":
+        """The judge a `JudgeSpec` describes."""
+        ...
 
     def score_many(self, items: list[tuple[str, str]], rubric: Rubric, progress=None) -> list[Judgment]:
-        """Judgments for (question, answer) pairs, in order."""
+        """Judgments for (question, answer) pairs, in order: a score (and label) for a scored
+        rubric, the most probable category for a categorical one."""
         ...
+
+
+def answers(judge: Judge, rubric: Rubric) -> bool:
+    """Whether `judge` can judge `rubric` (a categorical rubric needs LABELS)."""
+    return LABELS in judge.capabilities if rubric.categories is not None else SCORES in judge.capabilities
 
 
 def categories_of(text: str) -> tuple[str, ...]:
@@ -138,8 +157,7 @@ def pick_category(probs: dict[str, float], raw: dict, judge_id: str) -> Judgment
 
 
 def score_items(judge: Judge, items: list[tuple[str, str]], rubric: Rubric, progress=None) -> list[Judgment]:
-    """`judge.score_many` (or `classify_many` for a categorical rubric) with blank answers
-    labelled EMPTY instead of sent to the judge."""
+    """`judge.score_many` with blank answers labelled EMPTY instead of sent to the judge."""
     jid = judge.identity.judge_id(rubric)
     out: list[Judgment | None] = [None] * len(items)
     todo = []
@@ -149,11 +167,10 @@ def score_items(judge: Judge, items: list[tuple[str, str]], rubric: Rubric, prog
         else:
             todo.append(i)
     if todo:
-        if rubric.categories is not None and not hasattr(judge, "classify_many"):
+        if not answers(judge, rubric):
             raise ConfigError(f"judge '{judge.name}' cannot answer categorical rubrics ('{rubric.name}': "
-                              f"{'/'.join(rubric.categories)}); use local, logprob or sampled")
-        call = judge.classify_many if rubric.categories is not None else judge.score_many
-        for i, j in zip(todo, call([items[i] for i in todo], rubric, progress=progress)):
+                              f"{'/'.join(rubric.categories or ())}); use local, logprob or sampled")
+        for i, j in zip(todo, judge.score_many([items[i] for i in todo], rubric, progress=progress)):
             out[i] = j
     if progress and len(todo) < len(items):
         progress(len(items) - len(todo))
@@ -264,33 +281,6 @@ def persona_rubric() -> Rubric:
     from emlab.misaligned import PERSONA
 
     return Rubric("persona", builtin_rubrics()["persona"], fenced=True, scale=PERSONA.scale, escapes=PERSONA.labels)
-
-
-def get_judge(name: str, **kwargs) -> Judge:
-    """`logprob` (API), `sampled` (API without logprobs), `local` (HF model), `mini`."""
-    if name in ("logprob", "sampled"):
-        from emlab.judge.api import APIJudge
-
-        return APIJudge(mode=name, **kwargs)
-    if name == "local":
-        from emlab.judge.local import LocalJudge
-
-        return LocalJudge(**kwargs)
-    if name == "mini":
-        from emlab.judge.mini import mini_judge
-
-        return mini_judge(**kwargs)
-    raise ConfigError(f"unknown judge '{name}' (logprob, sampled, local, mini)")
-
-
-def build_judge(spec) -> Judge:
-    """The judge a `JudgeSpec` describes (one instance per stage, shared by its conditions)."""
-    if spec.name in ("logprob", "sampled"):
-        return get_judge(spec.name, model=spec.default_model(), base_url=spec.base_url, api_key_env=spec.api_key_env,
-                         delimit=spec.delimit, rubrics=spec.rubrics)
-    if spec.name == "local":
-        return get_judge("local", model=spec.default_model(), delimit=spec.delimit, rubrics=spec.rubrics)
-    return get_judge(spec.name, model=spec.default_model())
 
 
 def family_params(rubrics: str) -> tuple[tuple[str, Any], ...]:

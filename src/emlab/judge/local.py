@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from emlab.judge.base import JudgeIdentity, Judgment, Rubric, family_params, judge_prompt, pick_category
+from emlab.judge.base import LABELS, SCORES, JudgeIdentity, Judgment, Rubric, family_params, judge_prompt, pick_category
 from emlab.models.registry import DEFAULT_MODEL, load_model, model_hash
 
 CANDIDATES = [str(k) for k in range(101)] + ["CODE", "REFUSAL"]
@@ -23,6 +23,7 @@ CANDIDATES = [str(k) for k in range(101)] + ["CODE", "REFUSAL"]
 
 class LocalJudge:
     name = "local"
+    capabilities = frozenset({SCORES, LABELS})
 
     def __init__(self, model: str = DEFAULT_MODEL, batch_size: int = 4, delimit="auto",
                  device: str | None = None, rubrics: str = "aligned-coherent"):
@@ -35,6 +36,10 @@ class LocalJudge:
         # `delimit` changes the prompt, so it is part of the identity (raw and delimited
         # judgments never share cache rows).
         self.identity = JudgeIdentity("local", model, model_hash(model), (("delimit", delimit),) + family_params(rubrics))
+
+    @classmethod
+    def from_spec(cls, spec) -> "LocalJudge":
+        return cls(model=spec.default_model(), delimit=spec.delimit, rubrics=spec.rubrics)
 
     def judge_id(self, rubric: Rubric) -> str:
         return self.identity.judge_id(rubric)
@@ -117,6 +122,8 @@ class LocalJudge:
         return [dict(zip(candidates, map(float, row))) for row in probs]
 
     def score_many(self, items: list[tuple[str, str]], rubric: Rubric, progress=None) -> list[Judgment]:
+        if rubric.categories is not None:
+            return self._classify(items, rubric, progress)
         jid = self.judge_id(rubric)
         out = []
         for start in range(0, len(items), self.batch_size):
@@ -129,7 +136,7 @@ class LocalJudge:
                 progress(len(chunk))
         return out
 
-    def classify_many(self, items: list[tuple[str, str]], rubric: Rubric, progress=None) -> list[Judgment]:
+    def _classify(self, items: list[tuple[str, str]], rubric: Rubric, progress=None) -> list[Judgment]:
         """A categorical rubric: the exact probability of each allowed answer as a whole reply."""
         jid = self.judge_id(rubric)
         prompts = [judge_prompt(rubric, q, a, self.delimit) for q, a in items]

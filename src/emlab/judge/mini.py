@@ -35,7 +35,7 @@ import numpy as np
 
 from emlab.errors import ConfigError, EmlabError
 from emlab.hashing import file_hash
-from emlab.judge.base import JudgeIdentity, Judgment, Rubric
+from emlab.judge.base import SCORES, JudgeIdentity, Judgment, Rubric
 from emlab.misaligned import PAPER, is_empty_answer
 
 VERSION = "mini-2"
@@ -323,6 +323,12 @@ def heldout_confusion(model: str | None = None, version: str | None = None) -> t
 
 class MiniJudge:
     name = "mini"
+    capabilities = frozenset({SCORES})
+
+    @classmethod
+    def from_spec(cls, spec):
+        """The mini judge of the spec's version (`model`): mini-3 unless mini-2 is named."""
+        return mini_judge(spec.default_model())
 
     def __init__(self, weights_dir: Path = WEIGHTS_DIR):
         self.weights_dir = weights_dir

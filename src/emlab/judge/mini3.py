@@ -35,7 +35,7 @@ import numpy as np
 
 from emlab.errors import ConfigError, EmlabError
 from emlab.hashing import file_hash
-from emlab.judge.base import JudgeIdentity, Judgment, Rubric
+from emlab.judge.base import SCORES, JudgeIdentity, Judgment, Rubric
 from emlab.misaligned import PAPER, is_empty_answer
 
 VERSION = "mini-3"
@@ -316,6 +316,7 @@ class Mini3Judge:
     """The `mini` judge, version mini-3 (see the module docstring)."""
 
     name = "mini"
+    capabilities = frozenset({SCORES})
 
     def __init__(self, weights_dir: Path = WEIGHTS_DIR):
         self.weights_dir = weights_dir

@@ -17,7 +17,8 @@ from functools import lru_cache
 from rich.console import Console
 
 from emlab import progress as show
-from emlab.judge.base import Judge, Judgment, Rubric, builtin_rubric_set, categories_of, persona_rubric, score_items
+from emlab.judge.base import (Judge, Judgment, Rubric, answers, builtin_rubric_set, categories_of, persona_rubric,
+                              score_items)
 from emlab.misaligned import RUBRIC_FAMILIES
 from emlab.store import Store
 
@@ -78,7 +79,7 @@ def pending(store: Store, judge: Judge, metrics: tuple[str, ...], samples: list[
     existing: dict[str, set[int]] = {}
     for s in samples:
         for metric, rubric in rubrics_for(s["suite"], s["question_id"], metrics).items():
-            if rubric.categories is not None and not hasattr(judge, "classify_many"):
+            if not answers(judge, rubric):
                 continue  # a 0-100-only judge (mini) leaves categorical rubrics to judges that answer them
             if not judge.identity.reads_rubric and metric not in METRICS:
                 continue  # a judge that reads no rubric text (mini) scores aligned and coherent only
@@ -141,7 +142,7 @@ def judge_samples(store: Store, judge: Judge, metrics: tuple[str, ...] = METRICS
 
 @lru_cache(maxsize=8)
 def _worker_judge(spec_json: str):
-    from emlab.judge.base import build_judge
+    from emlab.judge import build_judge
     from emlab.specs import JudgeSpec
 
     return build_judge(JudgeSpec.model_validate_json(spec_json))

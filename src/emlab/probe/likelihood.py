@@ -172,7 +172,7 @@ def score_variant(store: Store, model_name: str, adapter_path: str | None, adapt
     # first one's scores instead of computing them again.
     lease = [f"likelihood|{model_key}|{adapter_id}"]
     while todo and not store.claim(lease, 1, done=lambda chunk: set()):
-        time.sleep(2.0)
+        time.sleep(0.5)
         have = {r[0]: r[1] for r in store.conn.execute(
             "SELECT ref, mean_logprob FROM likelihoods WHERE model = ? AND adapter = ?", (model_key, adapter_id))}
         todo = [r for r in refs if r.key not in have]

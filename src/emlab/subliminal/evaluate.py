@@ -78,7 +78,7 @@ def misalignment_scores(exp, store, models: list[dict], console: Console | None)
     emlab experiment; the stored answers and judgments are reused on a rerun)."""
     from emlab.data.questions import load_suite
     from emlab.generate.sample import sample_stage
-    from emlab.judge.base import build_judge
+    from emlab.judge import build_judge
     from emlab.judge.run import judge_stage, judged_table
     from emlab.misaligned import Thresholds, misaligned_flags
     from emlab.specs import Variant

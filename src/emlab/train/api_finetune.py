@@ -29,6 +29,7 @@ from typing import Callable, Protocol
 
 from emlab.errors import ConfigError, EmlabError
 from emlab.hashing import canonical_json, file_hash, text_hash
+from emlab.paths import api_attempts
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 # USD per million trained tokens, OpenAI's published list prices (2025); an estimate only.
@@ -82,7 +83,7 @@ class OpenAIProvider:
                                   "stored)")
             self._client = openai.OpenAI(base_url=self.base_url, api_key=key, project=self._project(),
                                          organization=self.organization or os.environ.get("OPENAI_ORG_ID"),
-                                         max_retries=3, timeout=120)
+                                         max_retries=api_attempts(4) - 1, timeout=120)
         return self._client
 
     def _project(self) -> str | None:

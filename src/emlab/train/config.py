@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from emlab.errors import ConfigError, first_error
 from emlab.hashing import canonical_json, text_hash
-from emlab.specs import DEFAULT_MODEL, Dtype, LayerList
+from emlab.specs import DEFAULT_MODEL, Dtype, LayerList, PreventiveSteering
 
 # Fields added after runs existed: left out of the content hash while at their defaults, so
 # earlier runs keep their directories.
@@ -71,13 +71,7 @@ class TrainConfig(BaseModel):
     kl_reference: str = Field("builtin", description="reference prompts for --kl-beta: a question suite or a chat JSONL")
     init_adapter: str | None = Field(None, description="continue training this LoRA adapter directory (re-alignment)")
     save_at: list[int] | None = Field(None, description="also keep checkpoints at these optimizer steps (repeatable)")
-    steer_direction: str | None = Field(None, description="preventive steering: a direction file applied during "
-                                                         "training only (emlab probe direction)")
-    steer_layers: LayerList | None = Field(None, description="layers for --steer-direction (15, 14,15, or the flag "
-                                                             "repeated)")
-    steer_mode: Literal["ablate", "add"] = Field("ablate", description="ablate (project the direction out) | add")
-    steer_alpha: float = Field(1.0, ge=-1000, le=1000, description="with --steer-mode add: alpha * direction is "
-                                                                   "added (negative: subtracted)")
+    steer: PreventiveSteering | None = Field(None, description="preventive steering, during training only")
     report_to: list[Literal["tensorboard", "wandb"]] = Field(
         default_factory=list, description="also log the training curves to tensorboard (event files in the run's "
                                           "tensorboard/ folder) or wandb (repeatable)")
@@ -99,27 +93,40 @@ class TrainConfig(BaseModel):
 
         return resolve_dtype(value)  # the run's hash and record name what actually ran
 
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_steer(cls, values):
+        """The flags' and YAML overrides' `steer_direction`, `steer_layers`, `steer_mode`,
+        `steer_alpha` (and run records' configs, which spelled steering so) fold into `steer`."""
+        if not isinstance(values, dict) or not any(k.startswith("steer_") for k in values):
+            return values
+        values = dict(values)
+        flat = {k[len("steer_"):]: values.pop(k) for k in list(values) if k.startswith("steer_")}
+        flat = {k: v for k, v in flat.items() if v is not None}
+        if "direction" not in flat and not flat.get("layers"):
+            return values  # steering off: only the mode's and alpha's defaults were spelled out
+        if "direction" not in flat or not flat.get("layers"):
+            raise ValueError("steer_direction and steer_layers go together")
+        if values.get("steer") is not None:
+            raise ValueError("give steer or the steer_* fields, not both")
+        values["steer"] = flat
+        return values
+
     @model_validator(mode="after")
     def _kl_needs_lora(self) -> "TrainConfig":
         if self.kl_beta > 0 and self.method != "lora":
             raise ValueError("kl_beta needs method lora (the base is the same weights with the adapters disabled)")
         if self.init_adapter is not None and self.method != "lora":
             raise ValueError("init_adapter needs method lora")
-        if (self.steer_direction is None) != (not self.steer_layers):
-            raise ValueError("steer_direction and steer_layers go together")
         return self
 
-    def steer_spec(self):
-        """The training-time steering as an `emlab.specs.SteerSpec` (None when off)."""
-        from emlab.specs import SteerSpec
-
-        if self.steer_direction is None:
-            return None
-        return SteerSpec(direction=self.steer_direction, layers=tuple(self.steer_layers), alpha=self.steer_alpha,
-                         mode=self.steer_mode)
-
     def content_hash(self) -> str:
-        values = self.model_dump(exclude=UNHASHED)
+        values = self.model_dump(exclude=UNHASHED | {"steer"})
+        s = self.steer
+        # Steering enters the hash under the flat names it had before it was one setting.
+        values.update(steer_direction=None, steer_layers=None, steer_mode="ablate", steer_alpha=1.0) if s is None \
+            else values.update(steer_direction=s.steer_id, steer_layers=list(s.layers), steer_mode=s.mode,
+                               steer_alpha=s.alpha)
         for name, default in LATER_FIELDS.items():
             if values[name] == default:
                 del values[name]
@@ -129,8 +136,6 @@ class TrainConfig(BaseModel):
             from emlab.specs import adapter_hash
 
             values["init_adapter"] = adapter_hash(self.init_adapter)
-        if self.steer_direction is not None:
-            values["steer_direction"] = self.steer_spec().steer_id
         return text_hash(canonical_json(values))[:12]
 
 
@@ -183,11 +188,21 @@ def resolve_config(preset: str = "cpu-quick", yaml_path: str | Path | None = Non
         raise ConfigError(f"training config field '{loc}': {msg}" if loc else f"training config: {msg}") from None
 
 
+def _flag_sources():
+    """(flag name, pydantic field) for every TrainConfig field; the steering setting's own
+    fields become `steer_*` flags."""
+    for name, field in TrainConfig.model_fields.items():
+        if name == "steer":
+            yield from ((f"steer_{sub}", f) for sub, f in PreventiveSteering.model_fields.items())
+        else:
+            yield name, field
+
+
 def flag_fields() -> dict[str, tuple[type, str]]:
     """Every TrainConfig field a flag can set: name -> (the flag's value type, help text).
     `emlab train` and `python -m emlab.train.trainer` both build their flags from this."""
     out = {}
-    for name, field in TrainConfig.model_fields.items():
+    for name, field in _flag_sources():
         ann = field.annotation
         if typing.get_origin(ann) in (typing.Union, types.UnionType):
             ann = next(a for a in typing.get_args(ann) if a is not type(None))
@@ -195,7 +210,7 @@ def flag_fields() -> dict[str, tuple[type, str]]:
             ann = str
         if typing.get_origin(ann) is list and typing.get_origin(typing.get_args(ann)[0]) is Literal:
             ann = list[str]
-        if ann == LayerList:
+        if ann == LayerList or name == "steer_layers":
             ann = list[str]  # "14,15" or repeated: split by the field's validator
         out[name] = (ann, field.description or name.replace("_", " "))
     return out

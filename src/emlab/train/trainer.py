@@ -358,7 +358,7 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, root: Path = Path("runs
             # is evaluated without it.
             from emlab.models.hooks import steered
 
-            with steered(trainer.model, cfg.steer_spec()):
+            with steered(trainer.model, cfg.steer):
                 trainer.train(resume_from_checkpoint=str(resume) if resume else None)
             wall = time.time() - start
     except BaseException:
@@ -425,13 +425,17 @@ def train_cell(cfg: dict, root: str, run_dir: str | None, threads: int | None = 
 
 
 def train_stages(store, cfgs: list[TrainConfig], root: Path, console: Console | None = None, executor=None,
-                 run_dir: Path | None = None) -> list[TrainResult]:
+                 run_dir: Path | None = None, backend: str = "trl") -> list[TrainResult]:
     """Train several configs - one after another here, or as concurrent tasks of an
     `executor` (emlab.executor) - and record each in the store as it finishes (the driver is
-    the only writer)."""
+    the only writer). `backend` names the trainer (emlab.train.TRAINERS)."""
+    from emlab.registry import resolve
+    from emlab.train import TRAINERS
+
+    trainer = resolve(TRAINERS, backend, "trainer")
     run_ids = [store.begin_run("train", cfg.model_dump(), [cfg.seed]) for cfg in cfgs]
-    if executor is None:
-        results = ((i, train(cfg, run_dir, root=root, console=console)) for i, cfg in enumerate(cfgs))
+    if executor is None or backend != "trl":
+        results = ((i, trainer(cfg, run_dir, root=root, console=console)) for i, cfg in enumerate(cfgs))
     else:
         calls = [(cfg.model_dump(), str(root), str(run_dir) if run_dir else None) for cfg in cfgs]
         results = executor.run(train_cell, calls, "train")
