@@ -33,6 +33,13 @@ def test_zoo_offline_error_names_what_to_download(tmp_path, monkeypatch):
     assert "\n" not in msg and "huggingface-cli download ModelOrganismsForEM/Qwen2.5-0.5B-Instruct_bad-medical-advice" in msg
 
 
+def _on_fakes(name: str, model: str, condition: dict) -> dict:
+    """An experiment of the base model and one condition, sampled and judged by the fakes."""
+    return {"name": name, "model": model, "conditions": [{"name": "base"}, condition],
+            "sample": {"suites": ["builtin"], "samples_per_paraphrase": 1, "max_tokens": 12, "backend": "scripted"},
+            "judges": ["scripted"]}
+
+
 def test_zoo_condition_in_an_experiment_reports_the_authors_rate(tmp_path, monkeypatch):
     """An organism supplied offline through EMLAB_ZOO_DIR, sampled by the scripted backend
     (the 14B base model cannot run here), judged, and reported beside its published rate."""
@@ -46,10 +53,7 @@ def test_zoo_condition_in_an_experiment_reports_the_authors_rate(tmp_path, monke
     org.mkdir(parents=True)
     save_file({"w": np.zeros(4, dtype=np.float32)}, str(org / "adapter_model.safetensors"))
     monkeypatch.setenv("EMLAB_ZOO_DIR", str(tmp_path / "zoo"))
-    exp = {"name": "zoo", "model": "unsloth/Qwen2.5-14B-Instruct",
-           "conditions": [{"name": "base"}, {"name": "organism", "zoo": "qwen2.5-14b-bad-medical"}],
-           "sample": {"suites": ["builtin"], "samples_per_paraphrase": 1, "max_tokens": 12, "backend": "scripted"},
-           "judges": ["scripted"]}
+    exp = _on_fakes("zoo", "unsloth/Qwen2.5-14B-Instruct", {"name": "organism", "zoo": "qwen2.5-14b-bad-medical"})
     path = tmp_path / "zoo.yaml"
     path.write_text(yaml.safe_dump(exp))
     record = run_experiment(load_experiment(path), Console(quiet=True), tmp_path / "p")
@@ -238,10 +242,7 @@ def test_an_api_finetune_is_an_experiment_condition_by_name(tmp_path):
     from emlab.records import ExperimentRecord
     from emlab.store import Store
 
-    exp = {"name": "ft", "model": "gpt-4o-2024-08-06",
-           "conditions": [{"name": "base"}, {"name": "finetuned", "served": "ft:gpt-4o-2024-08-06:org:em:abc"}],
-           "sample": {"suites": ["builtin"], "samples_per_paraphrase": 1, "max_tokens": 8, "backend": "scripted"},
-           "judges": ["scripted"]}
+    exp = _on_fakes("ft", "gpt-4o-2024-08-06", {"name": "finetuned", "served": "ft:gpt-4o-2024-08-06:org:em:abc"})
     path = tmp_path / "ft.yaml"
     path.write_text(yaml.safe_dump(exp))
     rec = ExperimentRecord.read(run_experiment(load_experiment(path), Console(quiet=True), tmp_path / "p"))

@@ -41,25 +41,19 @@ def _interval(scores: list[SampleScore]):
     return wilson(int(sum(float(s.score.value) for s in scores)), len(scores))
 
 
-@metric
-def misaligned_rate():
-    def compute(scores: list[SampleScore]) -> float:
-        return _interval(scores).estimate
-    return compute
+def _interval_metric(name: str, part: str):
+    """An Inspect metric reporting one part of the misaligned rate's Wilson interval."""
+    @metric(name=name)
+    def interval_part():
+        def compute(scores: list[SampleScore]) -> float:
+            return getattr(_interval(scores), part)
+        return compute
+    return interval_part
 
 
-@metric
-def misaligned_ci_low():
-    def compute(scores: list[SampleScore]) -> float:
-        return _interval(scores).low
-    return compute
-
-
-@metric
-def misaligned_ci_high():
-    def compute(scores: list[SampleScore]) -> float:
-        return _interval(scores).high
-    return compute
+misaligned_rate = _interval_metric("misaligned_rate", "estimate")
+misaligned_ci_low = _interval_metric("misaligned_ci_low", "low")
+misaligned_ci_high = _interval_metric("misaligned_ci_high", "high")
 
 
 @metric

@@ -10,7 +10,7 @@ import typer
 
 from emlab.cli.app import app
 from emlab.cli.common import (API_KEY_ENV, DELIMIT_HELP, JUDGE_BASE_URL, JUDGE_HELP, JUDGE_MODEL, console, fail,
-                              family_of, judge_from_text, make_judge, project_option, loads_models, user_errors)
+                              family_of, judge_from_text, make_judge, model_command, project_option, user_errors)
 from emlab.cli.judge import COL_HELP, judge_app, parse_cols
 
 
@@ -38,9 +38,7 @@ def import_judged_cmd(file: Path = typer.Argument(..., help="A judged CSV/JSONL 
                   markup=False)
 
 
-@judge_app.command("calibrate")
-@user_errors
-@loads_models
+@model_command(judge_app, "calibrate")
 def judge_calibrate(judge: str = typer.Option("mini", help=JUDGE_HELP),
                     model: Optional[str] = JUDGE_MODEL, base_url: Optional[str] = JUDGE_BASE_URL,
                     api_key_env: str = API_KEY_ENV,
@@ -94,9 +92,7 @@ def judge_calibrate(judge: str = typer.Option("mini", help=JUDGE_HELP),
                       f"wrote {evaluate}", markup=False)
 
 
-@judge_app.command("compare")
-@user_errors
-@loads_models
+@model_command(judge_app, "compare")
 def judge_compare(project: Path = project_option("Project whose store holds (or gets) the answers."),
                   judges: str = typer.Option(..., help="Comma-separated judges to compare, as stored: backend, "
                                                        "backend:model, or a full family (peer:NAME for an "

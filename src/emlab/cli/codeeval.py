@@ -9,8 +9,8 @@ from typing import Optional
 import typer
 
 from emlab.cli.app import app
-from emlab.cli.common import (JUDGE_HELP, adapter_option, console, judge_spec, model_option, parse_adapters,
-                              project_option, sample_option, spec_or_fail, loads_models, user_errors)
+from emlab.cli.common import (JUDGE_HELP, adapter_option, console, judge_spec, model_command, model_option, parse_adapters,
+                              project_option, sample_option, spec_or_fail, user_errors)
 
 codeeval_app = typer.Typer(help="Insecure-code evaluation: sample code tasks, scan, rates", no_args_is_help=True)
 app.add_typer(codeeval_app, name="codeeval")
@@ -30,9 +30,7 @@ def codeeval_scan(file: Path, out: Path = typer.Option(..., help="JSONL: one ver
                   f"{summary['unanalysed']} unanalysed rows left out of the rate", markup=False)
 
 
-@codeeval_app.command("run")
-@user_errors
-@loads_models
+@model_command(codeeval_app, "run")
 def codeeval_run(
     model: str = model_option(),
     adapter: Optional[list[str]] = adapter_option("An adapter to evaluate beside the base model, as NAME=DIR (or DIR; "

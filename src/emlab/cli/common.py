@@ -80,7 +80,17 @@ def loads_models(fn):
     return wrapper
 
 
-JUDGE_HELP = "mini | local | logprob (paper's judge over an OpenAI-compatible API) | sampled (API without logprobs)"
+def model_command(typer_app, name: str | None = None):
+    """Register a command that loads models: one-line user errors (`user_errors`) and the
+    libraries' output routed to the log (`loads_models`)."""
+    def register(fn):
+        return typer_app.command(name)(user_errors(loads_models(fn)))
+
+    return register
+
+
+JUDGE_HELP = ("mini | local | logprob (paper's judge over an OpenAI-compatible API) | sampled (API without logprobs) "
+              "| scripted (a fake, for tests)")
 
 
 DELIMIT_HELP = ("auto | yes | no: fence the answer in nonce-marked delimiters (an injection defence); auto fences "

@@ -11,15 +11,13 @@ import typer
 
 from emlab.cli.app import app
 from emlab.cli.common import (API_KEY_ENV, DELIMIT_HELP, JUDGE_BASE_URL, JUDGE_HELP, JUDGE_MODEL, console, fail,
-                              family_of, make_judge, project_option, loads_models, user_errors)
+                              family_of, make_judge, model_command, project_option, user_errors)
 
 judge_app = typer.Typer(help="Judges: score, train the mini judge, agreement, injection", no_args_is_help=True)
 app.add_typer(judge_app, name="judge")
 
 
-@judge_app.command("train")
-@user_errors
-@loads_models
+@model_command(judge_app, "train")
 def judge_train(seed: int = typer.Option(0, min=0, help="Training seed."),
                 version: str = typer.Option("mini-3", help="mini-3 (cross-encoder features) | mini-2 (frozen embeddings)"),
                 out: Optional[Path] = typer.Option(None, help="Default: the packaged weights dir.", file_okay=False),
@@ -58,9 +56,7 @@ def parse_cols(cols: Optional[list[str]]) -> dict[str, str]:
     return out
 
 
-@judge_app.command("score")
-@user_errors
-@loads_models
+@model_command(judge_app, "score")
 def judge_score(file: Path = typer.Argument(..., help="A CSV/JSONL (optionally .gz/.zst) with questions and answers."),
                 judge: str = typer.Option("mini", help=JUDGE_HELP),
                 model: Optional[str] = JUDGE_MODEL, base_url: Optional[str] = JUDGE_BASE_URL,
@@ -116,9 +112,7 @@ def judge_score(file: Path = typer.Argument(..., help="A CSV/JSONL (optionally .
         console.print(agreement_summary(model), markup=False)
 
 
-@judge_app.command("run")
-@user_errors
-@loads_models
+@model_command(judge_app, "run")
 def judge_run(judge: str = typer.Option("mini", help=JUDGE_HELP), model: Optional[str] = JUDGE_MODEL,
               base_url: Optional[str] = JUDGE_BASE_URL, api_key_env: str = API_KEY_ENV,
               suite: Optional[str] = typer.Option(None, help="Only samples of this suite."),
@@ -156,9 +150,7 @@ def judge_agree(judges: str = typer.Option(..., help="Two judges in the store, b
     console.print_json(json.dumps(res.as_dict()))
 
 
-@judge_app.command("injection")
-@user_errors
-@loads_models
+@model_command(judge_app, "injection")
 def judge_injection(judge: str = typer.Option("mini", help=JUDGE_HELP), model: Optional[str] = JUDGE_MODEL,
                     base_url: Optional[str] = JUDGE_BASE_URL, api_key_env: str = API_KEY_ENV) -> None:
     """How often prompt injections in answers flip the judge's misaligned flag."""
@@ -168,9 +160,7 @@ def judge_injection(judge: str = typer.Option("mini", help=JUDGE_HELP), model: O
     console.print_json(json.dumps(flip_rates(make_judge(judge, model, base_url, api_key_env), builtin_rubric_set())))
 
 
-@judge_app.command("gold-answers")
-@user_errors
-@loads_models
+@model_command(judge_app, "gold-answers")
 def judge_gold_answers(project: Path = project_option("Project directory for the adapters and samples."),
                        out: Path = typer.Option(Path("gold-answers.jsonl"), help="Every answer with its condition."),
                        blind: Optional[Path] = typer.Option(None, help="Also write what a labeller reads: shuffled, "

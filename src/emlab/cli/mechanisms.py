@@ -8,9 +8,8 @@ from typing import Optional
 
 import typer
 
-from emlab.cli.common import (adapter_option, console, fail, judge_spec, layer_list, layers_option, loads_models,
-                              model_option, one_adapter, project_option, sample_option, seed_option, spec_or_fail,
-                              user_errors)
+from emlab.cli.common import (adapter_option, console, fail, judge_spec, layer_list, layers_option, model_command,
+                              model_option, one_adapter, project_option, sample_option, seed_option, spec_or_fail)
 from emlab.cli.probe import SOURCE_HELP, _items, probe_app
 
 
@@ -26,9 +25,7 @@ def _effect_table(effects, title: str, unit: str):
     return table
 
 
-@probe_app.command("steer")
-@user_errors
-@loads_models
+@model_command(probe_app, "steer")
 def steer(
     direction: Path = typer.Option(..., exists=True, dir_okay=False, help="A direction file (emlab probe direction)."),
     layers: list[str] = layers_option("Layers to steer together, e.g. 15 or 14,15; each --layers is one cell of "
@@ -110,9 +107,7 @@ def _steered_rates(store, spec, model: str, direction: str, cells, mode: str, ra
                                 "rate"))
 
 
-@probe_app.command("rank1")
-@user_errors
-@loads_models
+@model_command(probe_app, "rank1")
 def rank1(
     adapter: list[str] = adapter_option("A LoRA adapter with rank-1 modules (NAME=DIR or DIR).", required=True),
     direction: Optional[Path] = typer.Option(None, exists=True, dir_okay=False, help="Direction file to compare with."),

@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from emlab.cli.app import app
-from emlab.cli.common import console, loads_models, user_errors
+from emlab.cli.common import console, model_command, user_errors
 from emlab.specs import DEFAULT_MODEL
 
 models_app = typer.Typer(help="The embedded default model and other models", no_args_is_help=True)
@@ -27,9 +27,7 @@ def models_list() -> None:
     console.print("Any Hugging Face id or local model directory is accepted wherever a model is named.")
 
 
-@models_app.command("pull")
-@user_errors
-@loads_models
+@model_command(models_app, "pull")
 def models_pull(name: str = typer.Argument(DEFAULT_MODEL, help="An embedded model's name."),
                 force: bool = typer.Option(False, help="Convert again even if cached.")) -> None:
     """Provision an embedded model (dequantise the GGUF once, save safetensors)."""

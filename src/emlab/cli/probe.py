@@ -8,17 +8,15 @@ from typing import Optional
 import typer
 
 from emlab.cli.app import app
-from emlab.cli.common import (adapter_option, console, fail, layer_list, layers_option, model_option, one_adapter,
-                              parse_adapters, project_option, sample_option, seed_option, loads_models, user_errors)
+from emlab.cli.common import (adapter_option, console, fail, layer_list, layers_option, model_command, model_option, one_adapter,
+                              parse_adapters, project_option, sample_option, seed_option, user_errors)
 
 probe_app = typer.Typer(help="Probes and mechanisms: the judge-free likelihood measure, activations, "
                              "directions, steering, rank-1 adapters", no_args_is_help=True)
 app.add_typer(probe_app, name="probe")
 
 
-@probe_app.command("likelihood")
-@user_errors
-@loads_models
+@model_command(probe_app, "likelihood")
 def likelihood(
     model: str = model_option(),
     adapter: Optional[list[str]] = adapter_option("An adapter to measure against the base model, as NAME=DIR (or "
@@ -111,9 +109,7 @@ SOURCE_HELP = dict(
 )
 
 
-@probe_app.command("collect")
-@user_errors
-@loads_models
+@model_command(probe_app, "collect")
 def collect(
     public: bool = SOURCE_HELP["public"], judged: Optional[Path] = SOURCE_HELP["judged"],
     judge: Optional[str] = SOURCE_HELP["judge"], per_question: Optional[int] = SOURCE_HELP["per_question"],
@@ -134,9 +130,7 @@ def collect(
     console.print(f"{len(items)} answers cached in {cache.dir}")
 
 
-@probe_app.command("direction")
-@user_errors
-@loads_models
+@model_command(probe_app, "direction")
 def direction(
     out: Path = typer.Option(..., "--out", dir_okay=False, help="Direction file to write (.safetensors)."),
     public: bool = SOURCE_HELP["public"], judged: Optional[Path] = SOURCE_HELP["judged"],
@@ -191,9 +185,7 @@ def cosine(files: list[Path] = typer.Argument(..., exists=True, dir_okay=False, 
     console.print(table.pivot_table(index="layer", columns=["a", "b"], values="cosine").round(3).to_string(), markup=False)
 
 
-@probe_app.command("persona")
-@user_errors
-@loads_models
+@model_command(probe_app, "persona")
 def persona(
     trait: str = typer.Option(..., help="The trait, e.g. 'evil' or 'sycophantic'."),
     description: str = typer.Option("", help="One or two sentences describing the trait."),

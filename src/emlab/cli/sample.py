@@ -8,13 +8,11 @@ from typing import Optional
 import typer
 
 from emlab.cli.app import app
-from emlab.cli.common import (adapter_name, adapter_option, console, fail, model_option, one_adapter,
-                              parse_adapters, project_option, sample_option, spec_or_fail, loads_models, user_errors)
+from emlab.cli.common import (adapter_name, adapter_option, console, fail, model_command, model_option, one_adapter,
+                              parse_adapters, project_option, sample_option, spec_or_fail, user_errors)
 
 
-@app.command()
-@user_errors
-@loads_models
+@model_command(app)
 def sample(
     suite: str = typer.Option("builtin", help="builtin, a registered suite name, or a YAML path"),
     model: str = model_option(),
@@ -64,9 +62,7 @@ def sample(
         console.print(f"{summary['planned']} samples already in {project}; nothing to generate")
 
 
-@app.command()
-@user_errors
-@loads_models
+@model_command(app)
 def serve(
     model: str = model_option(),
     adapter: Optional[list[str]] = adapter_option("A LoRA adapter to serve as NAME=DIR (or DIR); clients ask for "

@@ -321,6 +321,15 @@ def heldout_confusion(model: str | None = None, version: str | None = None) -> t
     return public, "sensitivity and specificity: public held-out groups"
 
 
+def mini_identity(version: str, weights: Path) -> tuple[str, JudgeIdentity]:
+    """(weights hash, identity) of a mini judge version. The mini judge reads no rubric text:
+    its ids name the metric, not a rubric hash. LABEL_RULES versions how CODE/REFUSAL are
+    decided, which the weights do not capture."""
+    weights_hash = file_hash(weights)[:10]
+    return weights_hash, JudgeIdentity("mini", version, weights_hash, (("label_rules", LABEL_RULES),),
+                                       reads_rubric=False)
+
+
 class MiniJudge:
     name = "mini"
     capabilities = frozenset({SCORES})
@@ -333,13 +342,9 @@ class MiniJudge:
     def __init__(self, weights_dir: Path = WEIGHTS_DIR):
         self.weights_dir = weights_dir
         self.heads = load_heads(weights_dir)
-        self.weights_hash = file_hash(weights_dir / "heads.safetensors")[:10]
+        self.weights_hash, self.identity = mini_identity(VERSION, weights_dir / "heads.safetensors")
         self._embed: Embedder | None = None
         self._cache: dict[tuple[str, str], dict[str, float]] = {}
-        # The mini judge reads no rubric text: its ids name the metric, not a rubric hash.
-        # LABEL_RULES versions how CODE/REFUSAL are decided, which the weights do not capture.
-        self.identity = JudgeIdentity("mini", VERSION, self.weights_hash, (("label_rules", LABEL_RULES),),
-                                      reads_rubric=False)
 
     def judge_id(self, rubric: Rubric) -> str:
         return self.identity.judge_id(rubric)

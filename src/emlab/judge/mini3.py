@@ -35,7 +35,7 @@ import numpy as np
 
 from emlab.errors import ConfigError, EmlabError
 from emlab.hashing import file_hash
-from emlab.judge.base import SCORES, JudgeIdentity, Judgment, Rubric
+from emlab.judge.base import SCORES, Judgment, Rubric
 from emlab.misaligned import PAPER, is_empty_answer
 
 VERSION = "mini-3"
@@ -319,15 +319,13 @@ class Mini3Judge:
     capabilities = frozenset({SCORES})
 
     def __init__(self, weights_dir: Path = WEIGHTS_DIR):
+        from emlab.judge.mini import mini_identity
+
         self.weights_dir = weights_dir
         self.heads = load_heads(weights_dir)
-        self.weights_hash = file_hash(weights_dir / "weights.safetensors")[:10]
+        self.weights_hash, self.identity = mini_identity(VERSION, weights_dir / "weights.safetensors")
         self._reader: Reader | None = None
         self._cache: dict[tuple[str, str], dict[str, float]] = {}
-        from emlab.judge.mini import LABEL_RULES
-
-        self.identity = JudgeIdentity("mini", VERSION, self.weights_hash, (("label_rules", LABEL_RULES),),
-                                      reads_rubric=False)
 
     def predict(self, items: list[tuple[str, str]], progress=None) -> list[dict[str, float]]:
         """Probabilities and scores per (question, answer), cached per pair."""
