@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Optional
+from typing import Optional, get_args
 
 import typer
 from rich.console import Console
@@ -66,31 +66,24 @@ def library_log():
     return emlab_home() / "logs" / "emlab.log"
 
 
-def loads_models(fn):
-    """For commands that load models: the ML libraries' warnings, log lines and progress bars
-    go to library_log() instead of the console (an experiment routes them to its own log)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from emlab.progress import library_logs_to
-
-        with library_logs_to(library_log()):
-            return fn(*args, **kwargs)
-
-    return wrapper
-
-
 def model_command(typer_app, name: str | None = None):
-    """Register a command that loads models: one-line user errors (`user_errors`) and the
-    libraries' output routed to the log (`loads_models`)."""
+    """Register a command that loads models: user errors become one line (`user_errors`), and
+    the ML libraries' warnings, log lines and progress bars go to library_log() instead of the
+    console (an experiment routes them to its own log)."""
     def register(fn):
-        return typer_app.command(name)(user_errors(loads_models(fn)))
+        @functools.wraps(fn)
+        def quiet(*args, **kwargs):
+            from emlab.progress import library_logs_to
+
+            with library_logs_to(library_log()):
+                return fn(*args, **kwargs)
+
+        return typer_app.command(name)(user_errors(quiet))
 
     return register
 
 
-JUDGE_HELP = ("mini | local | logprob (paper's judge over an OpenAI-compatible API) | sampled (API without logprobs) "
-              "| scripted (a fake, for tests)")
+JUDGE_HELP = "mini | local | logprob (the paper's judge over an API) | sampled (API without logprobs) | scripted (a fake)"
 
 
 DELIMIT_HELP = ("auto | yes | no: fence the answer in nonce-marked delimiters (an injection defence); auto fences "
@@ -107,8 +100,6 @@ def _delimit(value: str):
 def judge_spec(name: str, model: Optional[str], base_url: Optional[str], api_key_env: str, delimit: str = "auto",
                rubrics: str = "aligned-coherent"):
     """A JudgeSpec from flags (the same type an experiment's `judges:` entries are)."""
-    from typing import get_args
-
     from emlab.specs import JudgeName, JudgeSpec
 
     if name not in get_args(JudgeName):

