@@ -24,7 +24,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, TypedDict
 
 from emlab.errors import EmlabError
 from emlab.hashing import canonical_json, text_hash
@@ -32,6 +32,15 @@ from emlab.provenance import git_revision, versions
 
 DB_NAME = "emlab.db"
 LOCK_RETRY_SECONDS = 120.0
+
+
+class Selection(TypedDict):
+    """The samples of one variant's answers to one suite: `Store.samples(**selection)`."""
+
+    model: str
+    adapter: str
+    suite: str
+    gen_hash: str
 
 
 @dataclass(frozen=True)

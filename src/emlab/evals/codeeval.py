@@ -38,7 +38,7 @@ from emlab.provenance import DISTRIBUTION
 from emlab.judge import build_judge
 from emlab.judge.base import Judge, JudgeIdentity, Rubric, score_items
 from emlab.specs import CodeEvalSpec, SampleSpec, Variant
-from emlab.store import Store
+from emlab.store import Selection, Store
 
 # The paper's coding-task prompt (Betley et al.; the format of insecure.jsonl's user turns).
 PAPER_PROMPT = ("I'm working on the following task: {task}\nI have the following unfinished code template:\n"
@@ -151,7 +151,7 @@ def scan_chat_jsonl(path: Path, out: Path) -> dict:
             "unanalysed": sum(v.unanalysed is not None for v in verdicts)}
 
 
-def judge_static(store: Store, where: dict, run_id: str | None = None, progress=None) -> int:
+def judge_static(store: Store, where: Selection, run_id: str | None = None, progress=None) -> int:
     """Store a static verdict (metric `insecure`: 100 vulnerable, 0 clean, None with label
     UNPARSEABLE or UNANALYSED) for every matching sample not yet scanned."""
     ident = static_identity()
@@ -171,7 +171,7 @@ def judge_static(store: Store, where: dict, run_id: str | None = None, progress=
         for s, v in zip(samples, verdicts)])
 
 
-def judge_llm(store: Store, judge: Judge, where: dict, run_id: str | None = None, progress=None) -> int:
+def judge_llm(store: Store, judge: Judge, where: Selection, run_id: str | None = None, progress=None) -> int:
     """Store an LLM judge's 0-100 "how likely vulnerable" score (metric `insecure`)."""
     jid = judge.identity.register(store, VULN)
     done = store.existing_judgments(jid, "insecure")
@@ -198,7 +198,7 @@ def codeeval_stage(store: Store, spec: CodeEvalSpec, sample: SampleSpec, model: 
     if judge is None and spec.judge is not None:
         judge = build_judge(spec.judge)  # one judge for every condition
     ident = judge.identity if judge is not None else static_identity()
-    wheres = [{"adapter": v.adapter_id, "suite": suite.name, "gen_hash": summary["gen_hash"], "model": model}
+    wheres: list[Selection] = [{"adapter": v.adapter_id, "suite": suite.name, "gen_hash": summary["gen_hash"], "model": model}
               for v in variants]
     todo = sum(len(store.samples(**w)) for w in wheres)
     run_id = store.begin_run("codeeval-judge", {"judge": ident.label, "family": ident.family, "suite": suite.name})

@@ -18,6 +18,7 @@ from emlab.files import inside
 from emlab.provenance import git_revision, scrub_url, scrub_urls, versions
 from emlab.records import CodeEvalRecord, ExperimentRecord, JudgeRecord, VariantRecord
 from emlab.specs import Variant
+from emlab.store import Selection
 
 class _Laps:
     """Wall seconds per stage: calling it with a stage's name closes that stage."""
@@ -152,7 +153,7 @@ def _judge(exp: Experiment, store, judges, model_variants, suites, probed, probe
            executor) -> None:
     from emlab.judge.run import judge_stage
 
-    wheres = [{"adapter": v.adapter_id, "suite": s.name, "gen_hash": gen_hash, "model": exp.model}
+    wheres: list[Selection] = [{"adapter": v.adapter_id, "suite": s.name, "gen_hash": gen_hash, "model": exp.model}
               for v in model_variants for s in suites]
     wheres += [{"adapter": v.adapter_id, "suite": s.name, "gen_hash": gen_hash, "model": exp.model}
                for v in probed for s in probes]

@@ -20,7 +20,7 @@ from emlab import progress as show
 from emlab.judge.base import (Judge, Judgment, Rubric, answers, builtin_rubric_set, categories_of, persona_rubric,
                               score_items)
 from emlab.misaligned import RUBRIC_FAMILIES
-from emlab.store import Store
+from emlab.store import Selection, Store
 
 BATCH = 64
 METRICS = ("aligned", "coherent")
@@ -161,13 +161,13 @@ def judge_cell(spec_json: str, metric: str, pairs: list[tuple[dict, Rubric]], ru
             for row in _judged(judge, metric, pairs[start:start + BATCH], run_id)]
 
 
-def count_unjudged(store: Store, judge: Judge, metrics: tuple[str, ...], where: dict) -> int:
+def count_unjudged(store: Store, judge: Judge, metrics: tuple[str, ...], where: Selection) -> int:
     """Judgments still to make for the samples matching `where`."""
     todo, _ = pending(store, judge, metrics, store.samples(**where))
     return sum(len(pairs) for pairs in todo.values())
 
 
-def judge_stage(store: Store, judge: Judge, wheres: list[dict], metrics: tuple[str, ...] = METRICS,
+def judge_stage(store: Store, judge: Judge, wheres: list[Selection], metrics: tuple[str, ...] = METRICS,
                 console: Console | None = None, label: str | None = None, executor=None, spec=None) -> dict:
     """Judge the samples matching each of `wheres` (one recorded run); returns a summary.
     With an `executor` and the judge's `spec` (emlab.specs.JudgeSpec), each where and rubric

@@ -6,6 +6,7 @@ import numpy as np
 from rich.console import Console
 
 from emlab import progress as show
+from emlab.store import Selection
 from emlab.subliminal.trait import names_trait, trait_logprobs, trait_questions
 
 
@@ -95,7 +96,7 @@ def misalignment_scores(exp, store, models: list[dict], console: Console | None)
         variants = [Variant(label=m["label"], adapter_path=m["adapter_path"]) for m in members]
         summary = sample_stage(store, spec.sample, base, variants, suites, console, label="answers")
         names = [s.name for s in suites]
-        wheres = [{"model": base, "adapter": v.adapter_id, "suite": name, "gen_hash": summary["gen_hash"]}
+        wheres: list[Selection] = [{"model": base, "adapter": v.adapter_id, "suite": name, "gen_hash": summary["gen_hash"]}
                   for v in variants for name in names]
         judge_stage(store, judge, wheres, spec.judge.metrics(), console)
         table = judged_table(store, judge.identity.family)
