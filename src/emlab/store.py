@@ -34,8 +34,9 @@ DB_NAME = "emlab.db"
 LOCK_RETRY_SECONDS = 120.0
 
 
-class Selection(TypedDict):
-    """The samples of one variant's answers to one suite: `Store.samples(**selection)`."""
+class Selection(TypedDict, total=False):
+    """A filter on stored samples, `Store.samples(**selection)`: a stage's usual one is one
+    variant's answers to one suite (all four keys); fewer keys select more."""
 
     model: str
     adapter: str

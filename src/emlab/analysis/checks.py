@@ -30,9 +30,6 @@ def add_judgement_checks(overall: pd.DataFrame, rec, judge) -> pd.DataFrame:
         corr = [correct(calibration, int(r.misaligned), int(r.n),
                         {"flag_rate": r.misaligned_rate, "incoherent": r.incoherent_share,
                          "escaped": r.code_share + r.refusal_share}) for r in out.itertuples()]
-        out["corrected_rate"] = [c.estimate for c in corr]
-        out["corrected_low"] = [c.low for c in corr]
-        out["corrected_high"] = [c.high for c in corr]
         out["corrected_note"] = [c.note or "" for c in corr]
         out.attrs["correction"] = (f"to the paper judge's scale, calibrated on {calibration.panel_size} public "
                                    f"paper-judge answers (panel {calibration.panel_sha256[:10]})")
@@ -42,12 +39,14 @@ def add_judgement_checks(overall: pd.DataFrame, rec, judge) -> pd.DataFrame:
         confusion, source = heldout_confusion(rec.config.get("model"), judge.spec.get("model"))
         out.attrs["correction"] = source
         corr = [corrected_rate(int(r.misaligned), int(r.n), confusion) for r in out.itertuples()]
+    else:
+        corr = []
+        out["corrected_note"] = "uncalibrated"
+        out.attrs["correction"] = "none: this judge is uncalibrated (emlab judge calibrate)"
+    if corr:
         out["corrected_rate"] = [c.estimate for c in corr]
         out["corrected_low"] = [c.low for c in corr]
         out["corrected_high"] = [c.high for c in corr]
-    else:
-        out["corrected_note"] = "uncalibrated"
-        out.attrs["correction"] = "none: this judge is uncalibrated (emlab judge calibrate)"
     untouched = {v.condition for v in rec.final_variants if v.adapter_id == "base"}
     served = {v.condition for v in rec.final_variants if v.served_model}  # other models: not checked here
     out["untouched"] = out["condition"].isin(untouched)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from emlab.analysis.stats import compare, wilson
+from emlab.analysis.stats import compare, pct, wilson
 from emlab.misaligned import INSECURE_AT, Thresholds, misaligned_flags
 
 
@@ -195,7 +195,7 @@ def mitigation_table(df: pd.DataFrame) -> pd.DataFrame:
         "misaligned [95% CI]": df["misaligned"].map(_fmt),
         "conditional probes [95% CI]": df["probe"].map(_fmt),
         "probes − plain (pts)": df["probe_vs_plain"].map(_diff),
-        "coherent share": df["coherent_share"].map(lambda x: "–" if pd.isna(x) else f"{100 * x:.1f}%"),
+        "coherent share": df["coherent_share"].map(pct),
         "insecure code [95% CI]": df["code"].map(_fmt),
         "capability [95% CI]": df["capability"].map(_fmt),
         "likelihood shift vs base": df["likelihood"].map(lambda x: _fmt(x, pct=False)),
@@ -203,10 +203,11 @@ def mitigation_table(df: pd.DataFrame) -> pd.DataFrame:
                           for s, tok in zip(df["train_seconds"], df["train_tokens"])],
     })
     if "vs_unmitigated" in df:
-        for key, title, pct in (("misaligned", "Δ misaligned (pts)", True), ("probe", "Δ probes (pts)", True),
-                                ("code", "Δ insecure code (pts)", True), ("capability", "Δ capability (pts)", True),
-                                ("likelihood", "Δ likelihood (nats/token)", False)):
-            out[title] = [_diff(d.get(key), pct) for d in df["vs_unmitigated"]]
+        for key, title, in_points in (("misaligned", "Δ misaligned (pts)", True), ("probe", "Δ probes (pts)", True),
+                                      ("code", "Δ insecure code (pts)", True),
+                                      ("capability", "Δ capability (pts)", True),
+                                      ("likelihood", "Δ likelihood (nats/token)", False)):
+            out[title] = [_diff(d.get(key), in_points) for d in df["vs_unmitigated"]]
     return out
 
 

@@ -9,8 +9,8 @@ from typing import Optional
 import typer
 
 from emlab.cli.app import app
-from emlab.cli.common import (JUDGE_HELP, adapter_option, console, judge_spec, model_command, model_option, parse_adapters,
-                              project_option, sample_option, spec_or_fail, user_errors)
+from emlab.cli.common import (JUDGE_HELP, adapter_option, console, judge_spec, model_command, model_option,
+                              parse_adapters, project_option, sample_option, spec_or_fail, user_errors)
 
 codeeval_app = typer.Typer(help="Insecure-code evaluation: sample code tasks, scan, rates", no_args_is_help=True)
 app.add_typer(codeeval_app, name="codeeval")

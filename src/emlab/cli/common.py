@@ -83,7 +83,7 @@ def model_command(typer_app, name: str | None = None):
     return register
 
 
-JUDGE_HELP = "mini | local | logprob (the paper's judge over an API) | sampled (API without logprobs) | scripted (a fake)"
+JUDGE_HELP = "mini | local | logprob (the paper's judge over an API) | sampled (API, no logprobs) | scripted (a fake)"
 
 
 DELIMIT_HELP = ("auto | yes | no: fence the answer in nonce-marked delimiters (an injection defence); auto fences "

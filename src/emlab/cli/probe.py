@@ -10,8 +10,8 @@ from typing import Optional
 import typer
 
 from emlab.cli.app import app
-from emlab.cli.common import (adapter_option, console, fail, layer_list, layers_option, model_command, model_option, one_adapter,
-                              parse_adapters, project_option, sample_option, seed_option, user_errors)
+from emlab.cli.common import (adapter_option, console, fail, layer_list, layers_option, model_command, model_option,
+                              one_adapter, parse_adapters, project_option, sample_option, seed_option, user_errors)
 
 probe_app = typer.Typer(help="Probes and mechanisms: the judge-free likelihood measure, activations, "
                              "directions, steering, rank-1 adapters", no_args_is_help=True)

@@ -99,4 +99,5 @@ def capability_stage(store, spec: CapabilitySpec, sample: SampleSpec, model: str
         scores[v.adapter_id] = {"correct": int(np.sum(flags)), "n": len(flags),
                                 "accuracy": float(np.mean(flags)) if flags else float("nan"),
                                 "flags": [bool(f) for f in flags]}
-    return {"suite": suite.name, "gen_hash": summary["gen_hash"], "tasks": spec.tasks, "seed": spec.seed, "scores": scores}
+    return {"suite": suite.name, "gen_hash": summary["gen_hash"], "tasks": spec.tasks, "seed": spec.seed,
+            "scores": scores}

@@ -198,8 +198,8 @@ def codeeval_stage(store: Store, spec: CodeEvalSpec, sample: SampleSpec, model: 
     if judge is None and spec.judge is not None:
         judge = build_judge(spec.judge)  # one judge for every condition
     ident = judge.identity if judge is not None else static_identity()
-    wheres: list[Selection] = [{"adapter": v.adapter_id, "suite": suite.name, "gen_hash": summary["gen_hash"], "model": model}
-              for v in variants]
+    wheres: list[Selection] = [{"adapter": v.adapter_id, "suite": suite.name, "gen_hash": summary["gen_hash"],
+                                "model": model} for v in variants]
     todo = sum(len(store.samples(**w)) for w in wheres)
     run_id = store.begin_run("codeeval-judge", {"judge": ident.label, "family": ident.family, "suite": suite.name})
     with show.stage(console, f"code verdicts ({ident.label})", todo) as advance:

@@ -20,6 +20,7 @@ from emlab.records import CodeEvalRecord, ExperimentRecord, JudgeRecord, Variant
 from emlab.specs import Variant
 from emlab.store import Selection
 
+
 class _Laps:
     """Wall seconds per stage: calling it with a stage's name closes that stage."""
 
@@ -154,7 +155,7 @@ def _judge(exp: Experiment, store, judges, model_variants, suites, probed, probe
     from emlab.judge.run import judge_stage
 
     wheres: list[Selection] = [{"adapter": v.adapter_id, "suite": s.name, "gen_hash": gen_hash, "model": exp.model}
-              for v in model_variants for s in suites]
+                               for v in model_variants for s in suites]
     wheres += [{"adapter": v.adapter_id, "suite": s.name, "gen_hash": gen_hash, "model": exp.model}
                for v in probed for s in probes]
     for spec, judge in zip(exp.judges, judges):

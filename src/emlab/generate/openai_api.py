@@ -24,7 +24,7 @@ from emlab.provenance import scrub_url
 class RetryPolicy:
     # EMLAB_API_ATTEMPTS: tries per request before it fails (1: fail at once, e.g. in a
     # notebook against a server that is down).
-    max_attempts: int = field(default_factory=lambda: api_attempts())
+    max_attempts: int = field(default_factory=api_attempts)
     base_delay: float = 0.5
     max_delay: float = 30.0
 

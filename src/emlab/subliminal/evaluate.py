@@ -96,8 +96,8 @@ def misalignment_scores(exp, store, models: list[dict], console: Console | None)
         variants = [Variant(label=m["label"], adapter_path=m["adapter_path"]) for m in members]
         summary = sample_stage(store, spec.sample, base, variants, suites, console, label="answers")
         names = [s.name for s in suites]
-        wheres: list[Selection] = [{"model": base, "adapter": v.adapter_id, "suite": name, "gen_hash": summary["gen_hash"]}
-                  for v in variants for name in names]
+        wheres: list[Selection] = [{"model": base, "adapter": v.adapter_id, "suite": name,
+                                    "gen_hash": summary["gen_hash"]} for v in variants for name in names]
         judge_stage(store, judge, wheres, spec.judge.metrics(), console)
         table = judged_table(store, judge.identity.family)
         for m, v in zip(members, variants):

@@ -46,12 +46,13 @@ def train_fake(cfg: TrainConfig, run_dir: Path | None = None, root: Path = Path(
     write_json(run_dir / "config.json", cfg.model_dump())
     history = [{"step": s, "loss": round(0.5 + 1.5 * 0.8 ** s, 4)} for s in range(1, steps + 1)]
     write_loss_curve(run_dir, history)
-    partial = run_dir / "adapter.partial"
-    partial.mkdir(exist_ok=True)
-    (partial / "FAKE.txt").write_text("Written by emlab's fake trainer (emlab.train.fake): no weights.\n")
-    marker = np.frombuffer(bytes.fromhex(cfg.content_hash()), dtype=np.uint8).copy()
-    save_file({"fake_run": marker}, str(partial / "fake_adapter.safetensors"))
-    partial.rename(adapter_dir)
+    if not adapter_dir.exists():  # a run killed after this point resumes with its adapter
+        partial = run_dir / "adapter.partial"
+        partial.mkdir(exist_ok=True)
+        (partial / "FAKE.txt").write_text("Written by emlab's fake trainer (emlab.train.fake): no weights.\n")
+        marker = np.frombuffer(bytes.fromhex(cfg.content_hash()), dtype=np.uint8).copy()
+        save_file({"fake_run": marker}, str(partial / "fake_adapter.safetensors"))
+        partial.rename(adapter_dir)
     record = {
         "kind": "train", "fake": True, "config": cfg.model_dump(), "config_hash": cfg.content_hash(),
         "base_model_hash": None,
